@@ -1,0 +1,3 @@
+"""astroflow: calibrate, register and integrate astrophotography frames (library behind the workflow)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,79 @@
+"""Demosaicing of one-shot-colour (Bayer/CFA) frames.
+
+``pattern`` names the 2×2 cell at the first stored pixel (``[0, 0]``) as it is after applying
+``XBAYROFF``/``YBAYROFF`` and ``ROWORDER`` (see :func:`effective_pattern`). Output is
+``(3, ny, nx)`` float32 R, G, B in the input's ADU scale.
+
+Methods: ``bilinear`` (exact normalised convolution, no clipping, any float data) and ``ea``
+(OpenCV's edge-aware demosaicing on a 16-bit copy scaled to the frame's range: sharper edges
+and fewer colour fringes around stars than bilinear; the 16-bit step is far below read noise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+
+
+def effective_pattern(pattern: str, xoff: int = 0, yoff: int = 0, roworder: str = "TOP-DOWN", height: int = 0) -> str:
+    """Pattern of the stored cell ``[0:2, 0:2]`` after Bayer offsets and row order.
+
+    ``XBAYROFF``/``YBAYROFF`` shift the pattern origin; ``ROWORDER = BOTTOM-UP`` means the pattern
+    was given for the flipped image, so for an even height the two rows of the cell swap.
+    """
+    p = pattern.upper()
+    if p not in PATTERNS:
+        raise ValueError(f"unknown Bayer pattern {pattern!r}; expected one of {PATTERNS}")
+    cell = [[p[0], p[1]], [p[2], p[3]]]
+    cell = [[cell[(y + yoff) % 2][(x + xoff) % 2] for x in range(2)] for y in range(2)]
+    if str(roworder).strip().upper() == "BOTTOM-UP" and height % 2 == 0:
+        cell = [cell[1], cell[0]]
+    return "".join(cell[0] + cell[1])
+
+
+def channel_masks(pattern: str, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean masks ``(3, ny, nx)`` of R, G, B sites for ``pattern``."""
+    masks = np.zeros((3,) + tuple(shape), bool)
+    for i, colour in enumerate(pattern):
+        dy, dx = divmod(i, 2)
+        masks["RGB".index(colour), dy::2, dx::2] = True
+    return masks
+
+
+def debayer(cfa: np.ndarray, pattern: str, method: str = "bilinear") -> np.ndarray:
+    """Demosaic a CFA image into ``(3, ny, nx)`` float32 RGB."""
+    if method == "ea":
+        return _edge_aware(cfa, pattern)
+    if method != "bilinear":
+        raise ValueError(f"unknown debayer method {method!r}; use 'bilinear' or 'ea'")
+    masks = channel_masks(pattern, cfa.shape)
+    kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32)
+    out = np.empty((3,) + cfa.shape, np.float32)
+    data = np.asarray(cfa, np.float32)
+    for c in range(3):
+        m = masks[c].astype(np.float32)
+        num = ndimage.convolve(data * m, kernel, mode="mirror")
+        den = ndimage.convolve(m, kernel, mode="mirror")
+        out[c] = np.where(masks[c], data, num / den)
+    return out
+
+
+def _edge_aware(cfa: np.ndarray, pattern: str) -> np.ndarray:
+    import cv2
+
+    lo = float(np.nanmin(cfa))
+    hi = float(np.nanmax(cfa))
+    scale = 65535.0 / (hi - lo) if hi > lo else 1.0
+    u16 = np.clip(np.round((cfa - lo) * scale), 0, 65535).astype(np.uint16)
+    # OpenCV's Bayer codes name the pattern by the layout seen from the second row and column;
+    # RGGB data must be decoded with COLOR_BayerBG2*, and so on.
+    code = {
+        "RGGB": cv2.COLOR_BayerBG2RGB_EA,
+        "BGGR": cv2.COLOR_BayerRG2RGB_EA,
+        "GRBG": cv2.COLOR_BayerGB2RGB_EA,
+        "GBRG": cv2.COLOR_BayerGR2RGB_EA,
+    }[pattern]
+    rgb = cv2.cvtColor(u16, code).astype(np.float32)
+    return np.moveaxis(rgb / np.float32(scale) + np.float32(lo), -1, 0)

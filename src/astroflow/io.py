@@ -1,0 +1,242 @@
+"""Reading and writing frames.
+
+Conventions used throughout astroflow:
+
+* Pixel data is ``float32`` in **ADU** (camera units). Integer FITS (uint16, int16 with
+  ``BZERO``) is read as is; floating-point FITS or XISF whose values lie in [0, 1] (PixInsight's
+  and many capture programs' normalised convention) is multiplied by 65535 so every frame of a
+  night shares one scale. The scale applied is returned so it can be reported.
+* Mono images are ``(ny, nx)``; colour images are ``(3, ny, nx)`` in R, G, B order, as FITS
+  stores them (NAXIS3 = 3). Index ``[y, x]``, origin 0 at the first stored pixel (FITS row 1);
+  no flip is ever applied, so ``ROWORDER`` only matters for the Bayer pattern.
+* Outputs are written atomically (temporary file in the same folder, then ``os.replace``) so an
+  interrupted run never leaves a half-written file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
+XISF_SUFFIXES = (".xisf",)
+IMAGE_SUFFIXES = FITS_SUFFIXES + XISF_SUFFIXES
+ADU_FULL_SCALE = 65535.0
+
+
+class FrameError(ValueError):
+    """A file that cannot be used as a frame; the message names the file and the problem."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    name = str(path).lower()
+    return name.endswith(IMAGE_SUFFIXES)
+
+
+def _is_xisf(path) -> bool:
+    return str(path).lower().endswith(XISF_SUFFIXES)
+
+
+def _image_hdu(hdul: fits.HDUList):
+    """First HDU holding a 2-D or 3-D image (tile-compressed files keep it in extension 1)."""
+    for hdu in hdul:
+        if hdu.is_image and hdu.header.get("NAXIS", 0) >= 2:
+            return hdu
+    raise FrameError("no image data in any HDU")
+
+
+def _xisf_header(meta: dict) -> fits.Header:
+    header = fits.Header()
+    for key, entries in meta.get("FITSKeywords", {}).items():
+        for entry in entries:
+            value = entry.get("value", "")
+            if key in ("HISTORY", "COMMENT"):
+                header.add_history(value) if key == "HISTORY" else header.add_comment(value)
+                continue
+            header[key] = (_parse_card_value(value), entry.get("comment", ""))
+    return header
+
+
+def _parse_card_value(text):
+    """XISF stores FITS keyword values as strings; restore numbers and strip FITS quotes."""
+    if not isinstance(text, str):
+        return text
+    s = text.strip()
+    if s.startswith("'") and s.endswith("'") and len(s) >= 2:
+        return s[1:-1].strip()
+    if s in ("T", "F"):
+        return s == "T"
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    return s
+
+
+def read_header(path: str | os.PathLike) -> fits.Header:
+    """Header of the image HDU of a FITS or XISF file, without reading pixel data.
+
+    Raises :class:`FrameError` naming the file when it is not a readable image.
+    """
+    path = Path(path)
+    try:
+        if _is_xisf(path):
+            from xisf import XISF
+
+            meta = XISF(str(path)).get_images_metadata()[0]
+            header = _xisf_header(meta)
+            width, height, channels = meta["geometry"]
+            header["NAXIS"] = 2 if channels == 1 else 3
+            header["NAXIS1"], header["NAXIS2"] = width, height
+            if channels > 1:
+                header["NAXIS3"] = channels
+            return header
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+                hdu = _image_hdu(hdul)
+                header = hdu.header.copy()
+                if isinstance(hdu, fits.CompImageHDU):
+                    header["NAXIS1"], header["NAXIS2"] = hdu.shape[-1], hdu.shape[-2]
+                _check_size(path, header)
+                return header
+    except FrameError as exc:
+        raise FrameError(f"{path}: {exc}") from None
+    except Exception as exc:  # astropy/xisf raise many types for broken files
+        raise FrameError(f"{path}: not a readable FITS/XISF image ({exc})") from None
+
+
+def _check_size(path: Path, header: fits.Header) -> None:
+    """Detect truncated uncompressed FITS files from the header alone."""
+    if header.get("ZIMAGE") or "XTENSION" in header and header["XTENSION"] == "BINTABLE":
+        return
+    bitpix = abs(int(header.get("BITPIX", 16)))
+    npix = 1
+    for i in range(1, int(header.get("NAXIS", 0)) + 1):
+        npix *= int(header.get(f"NAXIS{i}", 0))
+    expected = npix * bitpix // 8
+    if expected and path.stat().st_size < expected:
+        raise FrameError(
+            f"file is truncated ({path.stat().st_size} bytes, image needs at least {expected})"
+        )
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]:
+    """Read pixel data as float32 ADU.
+
+    Returns ``(data, header, scale)`` where ``scale`` is the factor applied to reach ADU (1 for
+    integer data or float data already in ADU, 65535 for normalised [0, 1] data).
+    """
+    path = Path(path)
+    try:
+        if _is_xisf(path):
+            from xisf import XISF
+
+            x = XISF(str(path))
+            meta = x.get_images_metadata()[0]
+            raw = x.read_image(0)  # (ny, nx, channels), channels last
+            header = _xisf_header(meta)
+            data = np.moveaxis(raw, -1, 0)
+            data = data[0] if data.shape[0] == 1 else data
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with fits.open(path, memmap=False) as hdul:
+                    hdu = _image_hdu(hdul)
+                    header = hdu.header.copy()
+                    data = hdu.data
+    except FrameError as exc:
+        raise FrameError(f"{path}: {exc}") from None
+    except Exception as exc:
+        raise FrameError(f"{path}: not a readable FITS/XISF image ({exc})") from None
+    if data is None or data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[0] not in (1, 3)):
+        raise FrameError(f"{path}: unsupported image shape {getattr(data, 'shape', None)}")
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    is_float = np.issubdtype(data.dtype, np.floating)
+    data = np.asarray(data, dtype=np.float32)
+    scale = 1.0
+    if is_float:
+        finite = data[np.isfinite(data)]
+        if finite.size and float(finite.max()) <= 1.0 and float(finite.min()) >= -0.01:
+            scale = ADU_FULL_SCALE
+            data *= np.float32(scale)
+    return data, header, scale
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None):
+    """Write ``data`` (float32 unless integer) as a primary-HDU FITS file, atomically.
+
+    Only keywords that describe the observation are copied from ``header``; structural ones
+    (BITPIX, NAXISn, BZERO, BSCALE) follow the new data.
+    """
+    hdu = fits.PrimaryHDU(data=np.ascontiguousarray(data))
+    if header is not None:
+        for card in header.cards:
+            if card.keyword in ("", "SIMPLE", "EXTEND", "BZERO", "BSCALE", "BITPIX") or (
+                card.keyword.startswith("NAXIS") or card.keyword.startswith("ZNAXIS")
+            ):
+                continue
+            if card.keyword in ("HISTORY", "COMMENT"):
+                hdu.header.append(card)
+            elif card.keyword.startswith("Z") and card.keyword[1:].isupper() and header.get(
+                "ZIMAGE"
+            ):
+                continue
+            else:
+                hdu.header[card.keyword] = (card.value, card.comment)
+    with atomic_path(path) as tmp:
+        hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
+
+
+def write_xisf(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None):
+    """Write float32 ADU data as a normalised [0, 1] XISF image (PixInsight's convention)."""
+    from xisf import XISF
+
+    img = np.asarray(data, dtype=np.float32) / np.float32(ADU_FULL_SCALE)
+    img = img[..., None] if img.ndim == 2 else np.moveaxis(img, 0, -1)
+    keywords = {}
+    for card in (header or fits.Header()).cards:
+        if card.keyword and not card.keyword.startswith(("NAXIS", "BITPIX", "SIMPLE", "BZERO")):
+            keywords.setdefault(card.keyword, []).append(
+                {"value": str(card.value), "comment": card.comment}
+            )
+    with atomic_path(path) as tmp:
+        XISF.write(str(tmp), np.ascontiguousarray(img), image_metadata={"FITSKeywords": keywords})
+
+
+def fits_data_memmap(path: str | os.PathLike) -> np.memmap:
+    """Memory-map the primary image of an uncompressed float32 FITS file written by astroflow.
+
+    Returns a big-endian ``>f4`` memmap of shape ``(ny, nx)`` or ``(3, ny, nx)``; slicing rows of
+    it reads only those rows from disk, which is what keeps integration memory-bounded.
+    """
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        hdu = hdul[0]
+        offset = hdu._data_offset
+        shape = hdu.shape
+        if hdu.header["BITPIX"] != -32:
+            raise FrameError(f"{path}: expected a float32 FITS file, BITPIX={hdu.header['BITPIX']}")
+    return np.memmap(path, dtype=">f4", mode="r", offset=offset, shape=shape)

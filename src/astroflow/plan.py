@@ -1,0 +1,228 @@
+"""The plan of a run: which lights form each target, which masters calibrate them, which chunks.
+
+Built at DAG-build time from the classified frame table (:func:`astroflow.classify.scan`). The
+plan is plain data (dicts, lists, strings) so the workflow can pass it in ``params:``, which also
+makes Snakemake rerun exactly the jobs whose inputs or decisions changed.
+
+Matching (reference/peers.md §1.1 step 2):
+
+* bias: same instrument, gain, offset, binning and size;
+* dark: same instrument, gain, offset, binning and size, CCD-TEMP within
+  ``dark_temperature_tolerance`` °C, nearest EXPTIME (a warning above 10 % difference);
+* flat: same filter, binning and size; flat-darks per filter (by FILTER, else by exposure);
+* a master is built from every matching frame; a single frame is used as the master.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+log = logging.getLogger("astroflow")
+
+CAMERA_KEYS = ["instrument", "gain", "offset", "xbinning", "ybinning", "width", "height"]
+
+
+class PlanError(ValueError):
+    """The data folder cannot produce any result (e.g. no usable lights)."""
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _same(a, b) -> bool:
+    """Header values match; a missing value on either side does not prevent a match."""
+    if a is None or b is None or (isinstance(a, float) and pd.isna(a)) or (isinstance(b, float) and pd.isna(b)):
+        return True
+    if a == "" or b == "":
+        return True
+    return a == b
+
+
+def _compatible(cal: pd.Series, light: pd.Series, keys) -> bool:
+    return all(_same(cal[k], light[k]) for k in keys)
+
+
+def _group(frames: pd.DataFrame, keys: list[str]) -> list[pd.DataFrame]:
+    if frames.empty:
+        return []
+    filled = frames[keys].astype(str)
+    return [frames.loc[idx] for _, idx in filled.groupby(keys, sort=True).groups.items()]
+
+
+def _label(prefix: str, group: pd.DataFrame, parts: list[str], unique: bool) -> str:
+    if unique:
+        return prefix
+    first = group.iloc[0]
+    bits = []
+    for key in parts:
+        value = first[key]
+        if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
+            continue
+        bits.append(
+            {
+                "exptime": f"{_fmt(value)}s",
+                "gain": f"G{_fmt(value)}",
+                "offset": f"O{_fmt(value)}",
+                "xbinning": f"bin{value}",
+                "width": f"{value}x{first['height']}",
+                "instrument": str(value).replace(" ", ""),
+            }.get(key, _fmt(value))
+        )
+    return "_".join([prefix, *bits])
+
+
+def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
+    """Decide masters, matching and chunks. Returns ``(plan, table)``.
+
+    ``table`` comes back with columns ``bias``, ``dark``, ``flat``, ``chunk`` filled for lights,
+    and ``accepted``/``reason`` updated for lights excluded by the plan (e.g. odd size).
+    ``plan`` maps target -> {"masters": {name: {...}}, "chunks": {chunk: [rows]}, "filters": [...]}.
+    """
+    cal = cfg["calibration"]
+    table = table.copy()
+    for col in ("bias", "dark", "flat", "chunk", "notes"):
+        table[col] = ""
+    ok = table["accepted"]
+    lights = table[ok & (table["type"] == "light")]
+    if lights.empty:
+        raise PlanError("no usable light frames found (checked IMAGETYP and lights/ folders)")
+
+    plan: dict = {}
+    for target, tlights in lights.groupby("target", sort=True):
+        # All lights of a target are registered to one reference: one size and binning.
+        geometry = tlights[["width", "height", "xbinning", "ybinning"]].astype(str).agg("x".join, axis=1)
+        main = geometry.value_counts().sort_index().idxmax()
+        odd = tlights.index[geometry != main]
+        for idx in odd:
+            r = table.loc[idx]
+            table.loc[idx, ["accepted", "reason"]] = [
+                False,
+                f"size {r.width}x{r.height} bin {r.xbinning}x{r.ybinning} differs from the target's "
+                f"{main.replace('x', ' ', 2)} frames",
+            ]
+        tlights = tlights.drop(index=odd)
+        masters = _plan_masters(table, tlights, cal)
+        chunks: dict[str, list[dict]] = {}
+        filters = sorted(tlights["filter"].unique(), key=lambda f: ("LRGBHSO RGB".find(f), f))
+        for filt in filters:
+            flights = tlights[tlights["filter"] == filt].sort_values("path")
+            n = int(cfg["batch_size"])
+            for k in range(0, len(flights), n):
+                name = f"{filt}_{k // n:03d}"
+                for idx in flights.index[k : k + n]:
+                    table.loc[idx, "chunk"] = name
+                chunks[name] = [_light_row(table.loc[i]) for i in flights.index[k : k + n]]
+        plan[target] = {"masters": masters["masters"], "chunks": chunks, "filters": filters}
+        for idx, names in masters["per_light"].items():
+            for kind, name in names.items():
+                table.loc[idx, kind] = name
+            notes = masters["notes"].get(idx)
+            if notes:
+                table.loc[idx, "notes"] = "; ".join(notes)
+        for chunk in chunks.values():
+            for row in chunk:
+                row.update({k: table.loc[row["index"], k] for k in ("bias", "dark", "flat")})
+    return plan, table
+
+
+def _light_row(r: pd.Series) -> dict:
+    return {
+        "index": int(r.name),
+        "path": r["path"],
+        "filter": r["filter"],
+        "exptime": float(r["exptime"]),
+        "bayer": r["bayer"] or "",
+    }
+
+
+def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict) -> dict:
+    ok = table["accepted"]
+    masters: dict[str, dict] = {}
+    per_light: dict[int, dict] = {i: {} for i in tlights.index}
+    notes: dict[int, list[str]] = {i: [] for i in tlights.index}
+    ref = tlights.iloc[0]
+
+    def usable(kind):
+        frames = table[ok & (table["type"] == kind)]
+        keep = [i for i, r in frames.iterrows() if _compatible(r, ref, CAMERA_KEYS)]
+        return frames.loc[keep]
+
+    # Bias: one group (the frames matching the lights' camera settings).
+    bias_frames = usable("bias")
+    bias_name = None
+    if len(bias_frames):
+        bias_name = "AutoMasterBias"
+        masters[bias_name] = {"kind": "bias", "files": sorted(bias_frames["path"]), "calibrate_with": {}}
+
+    # Darks: grouped by exposure (and temperature bucket), matched to each light.
+    dark_frames = usable("dark")
+    dark_groups = _group(dark_frames, ["exptime"])
+    dark_info = []
+    for g in dark_groups:
+        name = f"AutoMasterDark_{_fmt(float(g['exptime'].iloc[0]))}s"
+        temp = g["temperature"].dropna().median() if g["temperature"].notna().any() else None
+        masters[name] = {"kind": "dark", "files": sorted(g["path"]), "calibrate_with": {}}
+        dark_info.append((name, float(g["exptime"].iloc[0]), temp))
+
+    # Flat-darks per filter, flats per filter.
+    flatdark_frames = usable("flatdark")
+    flat_frames = usable("flat")
+    tol = float(cal["dark_temperature_tolerance"])
+    for filt in sorted(tlights["filter"].unique()):
+        fflats = flat_frames[flat_frames["filter"] == filt]
+        if fflats.empty:
+            continue
+        fname = f"AutoMasterFlat_{filt}"
+        with_ = {}
+        fd = flatdark_frames[flatdark_frames["filter"] == filt]
+        if fd.empty and len(flatdark_frames):
+            exps = set(fflats["exptime"].dropna())
+            fd = flatdark_frames[flatdark_frames["exptime"].isin(exps)]
+        if len(fd):
+            fdname = f"AutoMasterFlatDark_{filt}"
+            masters[fdname] = {"kind": "flatdark", "files": sorted(fd["path"]), "calibrate_with": {}}
+            with_["dark"] = fdname
+        elif bias_name:
+            with_["bias"] = bias_name
+        masters[fname] = {"kind": "flat", "files": sorted(fflats["path"]), "calibrate_with": with_}
+
+    for idx, light in tlights.iterrows():
+        choice = per_light[idx]
+        candidates = [
+            d
+            for d in dark_info
+            if d[2] is None or pd.isna(light["temperature"]) or abs(d[2] - light["temperature"]) <= tol
+        ]
+        if dark_info and not candidates:
+            notes[idx].append(f"no dark within {tol:g} °C of CCD-TEMP {light['temperature']:g}")
+        if candidates:
+            name, exp, _ = min(candidates, key=lambda d: (abs(d[1] - light["exptime"]), d[1]))
+            choice["dark"] = name
+            scaled = bool(cal["dark_scaling"] and bias_name)
+            if scaled:
+                choice["bias"] = bias_name  # the master dark is then bias-subtracted
+            if exp > 0 and abs(exp - light["exptime"]) / light["exptime"] > 0.10:
+                if scaled:
+                    notes[idx].append(f"dark {exp:g}s scaled to {light['exptime']:g}s")
+                else:
+                    notes[idx].append(f"warning: dark exposure {exp:g}s differs from {light['exptime']:g}s by >10%")
+        elif bias_name:
+            choice["bias"] = bias_name
+        if "dark" not in choice and "bias" not in choice:
+            notes[idx].append("no bias or dark: not bias/dark calibrated")
+        fname = f"AutoMasterFlat_{light['filter']}"
+        if fname in masters:
+            choice["flat"] = fname
+        else:
+            notes[idx].append("no flat for this filter: not flat-fielded")
+    if "AutoMasterBias" in masters and cal["dark_scaling"]:
+        for name, info in masters.items():
+            if info["kind"] == "dark":
+                info["calibrate_with"] = {"bias": "AutoMasterBias"}
+    used = {n for c in per_light.values() for n in c.values()}
+    used |= {n for m in masters.values() for n in m["calibrate_with"].values() if n}
+    masters = {n: m for n, m in masters.items() if n in used}
+    return {"masters": masters, "per_light": per_light, "notes": notes}

@@ -1,0 +1,184 @@
+"""Star registration: match star lists, fit a transform, resample with clamped Lanczos.
+
+Transforms are 2×3 affine matrices ``A`` mapping **reference** pixel coordinates to **source**
+(frame) coordinates: ``[x_src, y_src] = A @ [x_ref, y_ref, 1]`` (0-based, x = column). That is
+the direction resampling needs (for every output pixel, where to read in the frame).
+
+Matching: astroalign's triangle-invariant matching (with RANSAC) on the brightest stars gives a
+first transform; it is then refined by least squares on every star pair within a shrinking
+radius, with 3-sigma outlier rejection, so hundreds of stars (not a handful) set the final
+transform. Frames with few stars (narrowband) fall back to phase correlation for the first
+guess, followed by the same refinement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+
+class RegistrationError(RuntimeError):
+    """A frame could not be registered; the message says why."""
+
+
+@dataclass
+class Registration:
+    matrix: np.ndarray  # 2x3, reference -> source
+    matches: int
+    rms: float  # px, residual of matched stars
+    method: str
+
+
+def fit_transform(ref_xy: np.ndarray, src_xy: np.ndarray, model: str = "similarity") -> np.ndarray:
+    """Least-squares 2×3 matrix mapping ``ref_xy`` to ``src_xy`` (N×2 each).
+
+    ``similarity`` = rotation + uniform scale + shift (4 parameters); ``affine`` = 6;
+    ``shift`` = 2.
+    """
+    n = len(ref_xy)
+    x, y = ref_xy[:, 0], ref_xy[:, 1]
+    u, v = src_xy[:, 0], src_xy[:, 1]
+    if model == "shift":
+        d = np.mean(src_xy - ref_xy, axis=0)
+        return np.array([[1.0, 0.0, d[0]], [0.0, 1.0, d[1]]])
+    if model == "similarity":
+        a = np.zeros((2 * n, 4))
+        a[:n] = np.column_stack([x, -y, np.ones(n), np.zeros(n)])
+        a[n:] = np.column_stack([y, x, np.zeros(n), np.ones(n)])
+        p, *_ = np.linalg.lstsq(a, np.concatenate([u, v]), rcond=None)
+        return np.array([[p[0], -p[1], p[2]], [p[1], p[0], p[3]]])
+    if model == "affine":
+        a = np.column_stack([x, y, np.ones(n)])
+        px, *_ = np.linalg.lstsq(a, u, rcond=None)
+        py, *_ = np.linalg.lstsq(a, v, rcond=None)
+        return np.vstack([px, py])
+    raise ValueError(f"unknown transform model {model!r}; use shift, similarity or affine")
+
+
+def apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    return xy @ matrix[:, :2].T + matrix[:, 2]
+
+
+def refine(ref_xy, src_xy, matrix, model="similarity", radii=(6.0, 3.0, 1.5, 1.0)):
+    """Re-fit ``matrix`` on all nearest-neighbour pairs within shrinking radii (px)."""
+    tree = cKDTree(src_xy)
+    pairs = np.zeros((0, 2), int)
+    for radius in radii:
+        pred = apply(matrix, ref_xy)
+        dist, idx = tree.query(pred, distance_upper_bound=radius)
+        ok = np.isfinite(dist)
+        # one-to-one: keep the closest reference star for each source star
+        order = np.argsort(dist[ok])
+        ri, si = np.nonzero(ok)[0][order], idx[ok][order]
+        _, first = np.unique(si, return_index=True)
+        ri, si = ri[first], si[first]
+        if len(ri) < 3:
+            break
+        m = fit_transform(ref_xy[ri], src_xy[si], model)
+        res = np.hypot(*(apply(m, ref_xy[ri]) - src_xy[si]).T)
+        keep = res < max(3 * np.sqrt(np.mean(res**2)), 0.05)
+        if keep.sum() >= 3:
+            m = fit_transform(ref_xy[ri[keep]], src_xy[si[keep]], model)
+            ri, si = ri[keep], si[keep]
+        matrix, pairs = m, np.column_stack([ri, si])
+    if len(pairs) == 0:
+        return matrix, pairs, float("inf")
+    res = apply(matrix, ref_xy[pairs[:, 0]]) - src_xy[pairs[:, 1]]
+    return matrix, pairs, float(np.sqrt(np.mean(np.sum(res**2, axis=1))))
+
+
+def _phase_shift(ref_img: np.ndarray, src_img: np.ndarray) -> np.ndarray:
+    """Translation-only first guess from phase correlation of background-flattened images."""
+    import cv2
+
+    def prep(img):
+        # band-pass: 3x3 median drops hot pixels, subtracting a wide blur drops vignetting and
+        # gradients (fixed to the sensor), leaving stars and nebula structure (fixed to the sky)
+        a = cv2.medianBlur(np.nan_to_num(img, nan=float(np.nanmedian(img))).astype(np.float32), 3)
+        a = a - cv2.GaussianBlur(a, (0, 0), 25)
+        lo, hi = np.percentile(a, [50, 99.9])
+        return np.clip(a, lo, hi).astype(np.float32)
+
+    win = cv2.createHanningWindow(ref_img.shape[::-1], cv2.CV_32F)
+    (dx, dy), _ = cv2.phaseCorrelate(prep(ref_img), prep(src_img), win)
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
+
+
+def register(
+    ref_xy: np.ndarray,
+    src_xy: np.ndarray,
+    model: str = "similarity",
+    min_matches: int = 3,
+    ref_image: np.ndarray | None = None,
+    src_image: np.ndarray | None = None,
+    max_control_points: int = 60,
+) -> Registration:
+    """Find the reference->source transform from two star lists (brightest first).
+
+    Raises :class:`RegistrationError` when fewer than ``min_matches`` stars agree.
+    """
+    import astroalign
+
+    if len(src_xy) < 3 or len(ref_xy) < 3:
+        raise RegistrationError(f"too few stars to register ({len(src_xy)} detected, need at least 3)")
+    guesses = []
+    try:
+        tf, _ = astroalign.find_transform(
+            ref_xy[:max_control_points], src_xy[:max_control_points], max_control_points=max_control_points
+        )
+        guesses.append((np.asarray(tf.params)[:2], "triangles"))
+    except Exception:  # astroalign raises MaxIterError / ValueError when no triangle set agrees
+        pass
+    if ref_image is not None and src_image is not None:
+        guesses.append((_phase_shift(ref_image, src_image), "phase"))
+    best = None
+    for guess, method in guesses:
+        matrix, pairs, rms = refine(ref_xy, src_xy, guess, model)
+        if best is None or len(pairs) > best.matches:
+            best = Registration(matrix, len(pairs), rms, method)
+        if len(pairs) >= max(min_matches, min(len(ref_xy), len(src_xy)) // 2):
+            break
+    if best is None or best.matches < min_matches:
+        found = 0 if best is None else best.matches
+        raise RegistrationError(
+            f"only {found} stars matched the reference (need {min_matches}; "
+            f"{len(src_xy)} stars detected in the frame, {len(ref_xy)} in the reference)"
+        )
+    return best
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], clamp: bool = True) -> np.ndarray:
+    """Resample ``image`` (mono or (3, ny, nx)) onto the reference grid ``shape`` = (ny, nx).
+
+    Lanczos-4 interpolation (OpenCV), clamped to the 3×3 neighbourhood's min/max of the source so
+    dark rings do not appear around stars. Pixels not fully covered by the frame are NaN.
+    """
+    import cv2
+
+    ny, nx = shape
+    flags = cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP
+    m = np.asarray(matrix, np.float64)
+
+    def one(plane):
+        plane = np.asarray(plane, np.float32)
+        out = cv2.warpAffine(plane, m, (nx, ny), flags=flags, borderMode=cv2.BORDER_REFLECT)
+        if clamp:
+            k = np.ones((3, 3), np.uint8)
+            lo = cv2.warpAffine(cv2.erode(plane, k), m, (nx, ny), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+            hi = cv2.warpAffine(cv2.dilate(plane, k), m, (nx, ny), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+            np.clip(out, lo, hi, out=out)
+        return out
+
+    src_h, src_w = image.shape[-2:]
+    ones = np.ones((src_h, src_w), np.float32)
+    cover = cv2.warpAffine(ones, m, (nx, ny), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    missing = cover < 0.999
+    if image.ndim == 2:
+        out = one(image)
+        out[missing] = np.nan
+        return out
+    out = np.stack([one(p) for p in image])
+    out[:, missing] = np.nan
+    return out
