@@ -1,0 +1,20 @@
+# astroflow: a night's folder of raw frames -> calibrated, registered, per-filter integrations.
+#   snakemake --cores N --config data=/path/to/night out=/path/to/results
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/calibration.smk"
+include: "workflow/rules/lights.smk"
+include: "workflow/rules/integration.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

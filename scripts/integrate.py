@@ -1,0 +1,7 @@
+"""Snakemake adapter: integrate the registered frames of one filter."""
+
+from astroflow.pipeline import integrate_filter, setup_logging
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+setup_logging(sm.log[0])
+integrate_filter(list(sm.input), sm.wildcards.filter, dict(sm.output.items()), sm.params.cfg, sm.params.history)

@@ -1,0 +1,7 @@
+"""Snakemake adapter: register one chunk of calibrated lights onto the reference."""
+
+from astroflow.pipeline import register_chunk, setup_logging
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+setup_logging(sm.log[0])
+register_chunk(sm.input.calibrated, sm.input.reference, sm.output[0], sm.params.cfg)

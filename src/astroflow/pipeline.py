@@ -1,0 +1,432 @@
+"""The pipeline's stages as functions over files: one call per Snakemake job.
+
+Each stage reads its inputs, writes its outputs atomically and records every decision (excluded
+frames and why) in a TSV next to its images, so ``frames.tsv`` can be assembled at the end and a
+later ``astroflow live`` can call the same functions on a watched folder. Per-frame work is done
+in chunks (one job per chunk of frames), never one job per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from . import __version__, cosmetic, integrate, measure, register
+from .calibrate import calibrate_light, master
+from .debayer import debayer, effective_pattern
+from .io import FrameError, fits_data_memmap, read_image, write_fits
+
+log = logging.getLogger("astroflow")
+
+
+def setup_logging(path: str | Path) -> None:
+    """Send the library's log (and warnings) to a job's log file; used by the Snakemake scripts."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        filename=str(path), level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
+    logging.captureWarnings(True)
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".fits.fz", ".fit.fz", ".fits", ".fit", ".fts", ".xisf", ".fz"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def _write_tsv(df: pd.DataFrame, path: Path) -> None:
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masters
+
+
+def build_master(name: str, spec: dict, masters_dir: str | Path, out: str | Path, cfg: dict) -> None:
+    """Integrate one master (``spec`` from the plan) and write it to ``out``."""
+    masters_dir = Path(masters_dir)
+    bias = dark = None
+    dark_exp = None
+    with_ = spec.get("calibrate_with", {})
+    if with_.get("bias"):
+        bias = read_image(masters_dir / f"{with_['bias']}.fits")[0]
+    if with_.get("dark"):
+        dark, dh, _ = read_image(masters_dir / f"{with_['dark']}.fits")
+        dark_exp = None  # flat-darks match the flats' exposure: subtract as is
+    data, header, notes = master(
+        spec["files"], spec["kind"], cfg["calibration"]["master_rejection"], bias=bias, dark=dark, dark_exptime=dark_exp
+    )
+    for note in notes:
+        log.warning("%s: %s", name, note)
+        header["HISTORY"] = note[:70]
+    header["HISTORY"] = f"astroflow {__version__}"
+    write_fits(out, data, header)
+
+
+def bad_pixel_map(dark_path, flat_path, out, cfg: dict, cfa: bool) -> None:
+    """Write the bad-pixel map (0 good, 1 hot, 2 cold) for one filter."""
+    cc = cfg["cosmetic"]
+    dark = read_image(dark_path)[0] if dark_path else None
+    flat = read_image(flat_path)[0] if flat_path else None
+    if dark is None and flat is None:
+        raise ValueError("bad_pixel_map needs a master dark or a master flat")
+    bpm = cosmetic.bad_pixel_map(dark, flat, cc["hot_sigma"], cc["cold_sigma"], cfa=cfa)
+    header = fits.Header()
+    header["HOT"] = (int((bpm == cosmetic.HOT).sum()), "hot pixels")
+    header["COLD"] = (int((bpm == cosmetic.COLD).sum()), "cold pixels")
+    header["HISTORY"] = f"hot sigma {cc['hot_sigma']}, cold sigma {cc['cold_sigma']}"
+    write_fits(out, bpm, header)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration + measurement of a chunk of lights
+
+
+def _saturation_level(header, raw: np.ndarray) -> float:
+    for key in ("SATURATE", "DATAMAX"):
+        if header.get(key):
+            return float(header[key]) * 0.98
+    return 65535.0 * 0.98
+
+
+def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict) -> None:
+    """Calibrate, correct, debayer and measure each light of a chunk.
+
+    Writes ``<stem>_c.fits``, ``stars.npz`` and ``measure.tsv`` (one row per light, with
+    ``status`` = ok/excluded and a ``reason``) into ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    masters_dir = Path(masters_dir)
+    cache: dict[str, tuple] = {}
+
+    def load(name):
+        if name not in cache:
+            data, header, _ = read_image(masters_dir / f"{name}.fits")
+            cache[name] = (data, header)
+        return cache[name]
+
+    bpm = read_image(bpm_path)[0].astype(np.uint8) if bpm_path else None
+    cc, det = cfg["cosmetic"], cfg["registration"]
+    records, stars_out = [], {}
+    for row in rows:
+        rec = {"index": row["index"], "path": row["path"], "file": "", "status": "excluded", "reason": ""}
+        t0 = time.perf_counter()
+        try:
+            raw, header, _ = read_image(row["path"])
+            if raw.ndim != 2:
+                raise FrameError(f"{row['path']}: expected a 2-D raw frame, got shape {raw.shape}")
+            nan_frac = float(np.mean(~np.isfinite(raw)))
+            if nan_frac > 0.5:
+                raise FrameError(f"{row['path']}: {nan_frac:.0%} of pixels are NaN")
+            saturated = raw >= _saturation_level(header, raw)
+            bias = load(row["bias"])[0] if row.get("bias") else None
+            dark = None
+            if row.get("dark"):
+                d, dh = load(row["dark"])
+                dark = (d, float(dh.get("EXPTIME", row["exptime"])), "B" not in str(dh.get("CALSTAT", "")))
+            flat = load(row["flat"])[0] if row.get("flat") else None
+            for name, m in (("bias", bias), ("flat", flat), ("dark", dark[0] if dark else None)):
+                if m is not None and m.shape != raw.shape:
+                    raise FrameError(f"{row['path']}: size {raw.shape} differs from master {name} {m.shape}")
+            img = calibrate_light(raw, row["exptime"], bias, dark, flat)
+            cfa = bool(row.get("bayer"))
+            bad = np.zeros(img.shape, np.uint8) if bpm is None else bpm.copy()
+            if cc["enabled"] and cc["auto_detect"]:
+                noise = measure.noise_sigma(img)
+                bad |= cosmetic.isolated_defects(img, cc["auto_sigma"], noise, cfa=cfa)
+            if cc["enabled"]:
+                img = cosmetic.correct(img, bad, cfa=cfa)
+            else:
+                img = cosmetic.correct(img, np.zeros(img.shape, np.uint8), cfa=cfa)  # NaNs only
+            if cfa:
+                pattern = effective_pattern(
+                    row["bayer"],
+                    int(header.get("XBAYROFF", 0) or 0),
+                    int(header.get("YBAYROFF", 0) or 0),
+                    str(header.get("ROWORDER", "TOP-DOWN")),
+                    img.shape[0],
+                )
+                img = debayer(img, pattern, cfg["debayer"]["method"])
+                lum = img.mean(axis=0)
+            else:
+                lum = img
+            stars = measure.detect_stars(lum, det["detection_sigma"], saturated=saturated)
+            planes = img if img.ndim == 3 else img[None]
+            stats = measure.frame_stats(lum, stars)
+            per_channel = [measure.frame_stats(p, stars[:0]) for p in planes] if img.ndim == 3 else [stats]
+            out_name = f"{_stem(row['path'])}_c.fits"
+            hdr = header.copy()
+            hdr["HISTORY"] = f"astroflow {__version__}: calibrated ({', '.join(k for k in ('bias', 'dark', 'flat') if row.get(k)) or 'no masters'})"
+            if cfa:
+                hdr["HISTORY"] = f"debayered {pattern} ({cfg['debayer']['method']})"
+                for key in ("BAYERPAT", "XBAYROFF", "YBAYROFF"):
+                    hdr.remove(key, ignore_missing=True)
+            write_fits(out_dir / out_name, img, hdr)
+            stars_out[out_name] = np.column_stack([stars["x"], stars["y"], stars["flux"]])
+            rec.update(file=out_name, status="ok", bad_pixels=int((bad != 0).sum()))
+            rec.update({k: v for k, v in stats.as_dict().items() if k not in ("background", "scale", "noise")})
+            for c, st in enumerate(per_channel):
+                rec[f"background_{c}"], rec[f"scale_{c}"], rec[f"noise_{c}"] = st.background, st.scale, st.noise
+        except FrameError as exc:
+            rec["reason"] = str(exc)
+            log.error("excluded %s", exc)
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        records.append(rec)
+    np.savez(out_dir / "stars.npz", **stars_out)
+    _write_tsv(pd.DataFrame(records), out_dir / "measure.tsv")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference choice
+
+
+def choose_reference(calibrated_dirs: list[str], out: str | Path) -> dict:
+    """Pick the registration reference among all calibrated lights of a target.
+
+    The filter with the most stars (median per frame) is preferred, then the frame with the best
+    AutoIntegrate 'Generic' weight (FWHM, eccentricity, SNR). Writes ``reference.json``.
+    """
+    tables = []
+    for d in calibrated_dirs:
+        t = pd.read_csv(Path(d) / "measure.tsv", sep="\t")
+        t["dir"] = str(d)
+        tables.append(t)
+    df = pd.concat(tables, ignore_index=True)
+    ok = df[(df["status"] == "ok") & (df["stars"] >= 3)].copy()
+    if ok.empty:
+        raise RuntimeError("no calibrated light has 3 or more stars: nothing can be registered")
+    ok["chunk_filter"] = ok["dir"].map(lambda d: Path(d).name.rsplit("_", 1)[0])
+    best_filter = ok.groupby("chunk_filter")["stars"].median().sort_index().idxmax()
+    cand = ok[ok["chunk_filter"] == best_filter].copy()
+    cand["weight"] = measure.generic_weight(cand.to_dict("records"))
+    best = cand.sort_values(["weight", "path"], ascending=[False, True]).iloc[0]
+    stars = np.load(Path(best["dir"]) / "stars.npz")[best["file"]]
+    ref = {
+        "path": best["path"],
+        "file": str(Path(best["dir"]) / best["file"]),
+        "filter": best_filter,
+        "weight": float(best["weight"]),
+        "fwhm": float(best["fwhm"]),
+        "stars": stars[:, :2].tolist(),
+    }
+    from .io import atomic_path
+
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(json.dumps(ref, indent=1))
+    return ref
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration of a chunk
+
+
+def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
+    """Register every measured light of a chunk onto the reference; write ``<stem>_r.fits``."""
+    calibrated_dir, out_dir = Path(calibrated_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ref = json.loads(Path(reference_json).read_text())
+    ref_xy = np.asarray(ref["stars"], float)
+    ref_img, _, _ = read_image(ref["file"])
+    ref_lum = ref_img.mean(axis=0) if ref_img.ndim == 3 else ref_img
+    shape = ref_lum.shape
+    rc = cfg["registration"]
+    table = pd.read_csv(calibrated_dir / "measure.tsv", sep="\t")
+    stars = np.load(calibrated_dir / "stars.npz")
+    records = []
+    for _, row in table.iterrows():
+        rec = {"index": int(row["index"]), "reg_status": "excluded", "reg_reason": "", "registered": ""}
+        if row["status"] != "ok":
+            rec["reg_reason"] = "not calibrated"
+            records.append(rec)
+            continue
+        src_path = calibrated_dir / row["file"]
+        try:
+            img, header, _ = read_image(src_path)
+            lum = img.mean(axis=0) if img.ndim == 3 else img
+            if lum.shape != shape:
+                raise register.RegistrationError(f"size {lum.shape[::-1]} differs from the reference {shape[::-1]}")
+            if str(src_path) == ref["file"]:
+                reg = register.Registration(np.array([[1.0, 0, 0], [0, 1.0, 0]]), len(ref_xy), 0.0, "reference")
+            else:
+                xy = stars[row["file"]][:, :2]
+                reg = register.register(
+                    ref_xy, xy, rc["transform"], rc["min_matches"], ref_image=ref_lum, src_image=lum
+                )
+                if reg.rms > rc["max_rms"]:
+                    raise register.RegistrationError(
+                        f"star residual {reg.rms:.2f} px exceeds max_rms {rc['max_rms']} px"
+                    )
+            out = register.warp(img, reg.matrix, shape, clamp=rc["clamping"])
+            name = row["file"].replace("_c.fits", "_r.fits")
+            header["HISTORY"] = f"registered to {Path(ref['path']).name} ({reg.method}, {reg.matches} stars)"
+            write_fits(out_dir / name, out, header)
+            a = reg.matrix
+            rec.update(
+                reg_status="ok",
+                registered=name,
+                matches=reg.matches,
+                reg_rms=round(reg.rms, 4),
+                reg_method=reg.method,
+                shift_x=round(float(a[0, 2]), 3),
+                shift_y=round(float(a[1, 2]), 3),
+                rotation=round(float(np.degrees(np.arctan2(a[1, 0], a[0, 0]))), 4),
+                matrix=" ".join(f"{v:.8g}" for v in a.ravel()),
+                reference=str(src_path) == ref["file"],
+            )
+        except (register.RegistrationError, FrameError) as exc:
+            rec["reg_reason"] = f"{row['path']}: cannot register: {exc}"
+            log.error("excluded %s", rec["reg_reason"])
+        records.append(rec)
+    merged = table.merge(pd.DataFrame(records), on="index", how="left")
+    _write_tsv(merged, out_dir / "registration.tsv")
+
+
+# ---------------------------------------------------------------------------------------------
+# Integration of one filter
+
+
+def integrate_filter(registered_dirs: list[str], filt: str, outputs: dict, cfg: dict, history: list[str]) -> dict:
+    """Integrate all registered frames of one filter; write image, rejection and coverage maps."""
+    tables = []
+    for d in registered_dirs:
+        t = pd.read_csv(Path(d) / "registration.tsv", sep="\t")
+        t["dir"] = str(d)
+        tables.append(t)
+    df = pd.concat(tables, ignore_index=True)
+    ok = df[df["reg_status"] == "ok"].sort_values("path").reset_index(drop=True)
+    if ok.empty:
+        raise RuntimeError(f"filter {filt}: no frame could be calibrated and registered (see frames.tsv)")
+    ic = cfg["integration"]
+    n = len(ok)
+    channels = sum(1 for c in range(3) if f"scale_{c}" in ok and ok[f"scale_{c}"].notna().all())
+    noise = np.array([[r[f"noise_{c}"] for c in range(channels)] for _, r in ok.iterrows()], float)
+    scale = np.array([[r[f"scale_{c}"] for c in range(channels)] for _, r in ok.iterrows()], float)
+    loc = np.array([[r[f"background_{c}"] for c in range(channels)] for _, r in ok.iterrows()], float)
+    # noise weights on the normalised scale: w = 1 / (noise * s_ref / s_i)^2, up to a constant
+    if ic["weights"] == "noise":
+        w = 1.0 / np.mean((noise / scale) ** 2, axis=1)
+    else:
+        w = np.ones(n)
+    w = w / w.max()
+    ref = int(np.argmax(w))
+    method = ic["rejection"]
+    if method in ("auto", "auto1", "auto2"):
+        method = integrate.auto_rejection(max(n, 3), "auto1" if method == "auto1" else "auto2")
+    low, high = ic["params"][method] if method in ic["params"] else integrate.DEFAULT_PARAMS[method]
+    norms = [integrate.FrameNorm(loc[i], scale[i], float(w[i])) for i in range(n)]
+    sources = [fits_data_memmap(Path(r["dir"]) / r["registered"]) for _, r in ok.iterrows()]
+    if n < 3:
+        log.warning("filter %s: only %d frame(s): averaged without rejection", filt, n)
+    image, rej_lo, rej_hi, coverage = integrate.integrate(
+        sources,
+        norms,
+        method if n >= 3 else "none",
+        low,
+        high,
+        normalisation=ic["normalization"],
+        reference=ref,
+        memory_mb=ic["memory_mb"],
+        combine=ic["combination"],
+    )
+    head = fits.getheader(Path(ok.loc[ref, "dir"]) / ok.loc[ref, "registered"])
+    h = fits.Header()
+    for key in ("OBJECT", "INSTRUME", "TELESCOP", "FOCALLEN", "XPIXSZ", "XBINNING", "YBINNING", "GAIN", "OFFSET"):
+        if key in head:
+            h[key] = head[key]
+    h["IMAGETYP"] = "Master light"
+    h["FILTER"] = filt
+    exps = ok["path"].map(lambda p: fits_header_exptime(p))
+    h["EXPTIME"] = (float(np.median(exps)), "[s] single-frame exposure (median)")
+    h["EXPTOTAL"] = (float(np.sum(exps)), "[s] total integrated exposure")
+    h["NCOMBINE"] = (n, "frames integrated")
+    h["FWHMMED"] = (float(np.nanmedian(ok["fwhm"])), "[px] median FWHM of integrated frames")
+    h["REJECT"] = (method if n >= 3 else "none", "pixel rejection")
+    h["NORMALIZ"] = (ic["normalization"], "normalisation")
+    h["WEIGHTS"] = (ic["weights"], "frame weighting")
+    h["REFFRAME"] = (Path(ok.loc[ref, "path"]).name[:68], "normalisation reference")
+    h["HISTORY"] = f"astroflow {__version__}"
+    h["HISTORY"] = f"Processing date {time.strftime('%Y-%m-%dT%H:%M:%S')}"
+    if history:
+        h["HISTORY"] = "Processing options:"
+        for line in history:
+            h["HISTORY"] = line[:70]
+    else:
+        h["HISTORY"] = "Using default processing options"
+    write_fits(outputs["image"], image, h)
+    write_fits(outputs["rejection_low"], rej_lo, h)
+    write_fits(outputs["rejection_high"], rej_hi, h)
+    write_fits(outputs["coverage"], coverage, h)
+    return {"frames": n, "rejection": method, "reference": ok.loc[ref, "path"]}
+
+
+def fits_header_exptime(path: str) -> float:
+    from .io import read_header
+
+    try:
+        return float(read_header(path).get("EXPTIME", 0) or 0)
+    except FrameError:
+        return 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The frame table
+
+
+def frame_table(classified: pd.DataFrame, registered_dirs: list[str], reference_json, out) -> pd.DataFrame:
+    """Merge classification, calibration, measurement and registration into ``frames.tsv``.
+
+    A light is ``accepted`` only if it was classified, calibrated and registered; ``reason`` holds
+    the first problem met.
+    """
+    tables = [pd.read_csv(Path(d) / "registration.tsv", sep="\t") for d in registered_dirs]
+    done = pd.concat(tables, ignore_index=True).drop(columns=["path"])
+    done = done.rename(columns={"reason": "calibration_reason", "file": "calibrated"})
+    table = classified.rename_axis(None).copy()
+    table["index"] = table.index
+    table = table.merge(done, on="index", how="left")
+    ref = json.loads(Path(reference_json).read_text())["path"]
+    table["reference"] = table["path"] == ref
+    lights = (table["type"] == "light") & table["accepted"]
+    for col in ("calibration_reason", "reg_reason"):
+        problem = lights & table[col].fillna("").astype(str).ne("")
+        table.loc[problem, "reason"] = table.loc[problem, col]
+        table.loc[problem, "accepted"] = False
+        lights &= ~problem
+    table = table.drop(columns=["index", "calibration_reason", "reg_reason", "status", "reg_status", "reference_y"], errors="ignore")
+    table = table.rename(columns={"reference_x": "reference"})
+    _write_tsv(table, Path(out))
+    return table
+
+
+def run_record(cfg: dict, plan: dict, code: str, config_out, versions_out) -> None:
+    """Archive the effective configuration (with the plan) and the versions of the software used."""
+    import importlib.metadata as md
+    import platform
+
+    import yaml
+
+    from .io import atomic_path
+
+    with atomic_path(config_out) as tmp:
+        Path(tmp).write_text(
+            yaml.safe_dump({"astroflow": code, "config": cfg, "plan": plan}, sort_keys=False, width=110)
+        )
+    rows = [("python", platform.python_version()), ("astroflow", code)]
+    for pkg in ("numpy", "scipy", "astropy", "astroalign", "sep", "opencv-python-headless", "bottleneck", "xisf", "pandas", "snakemake"):
+        try:
+            rows.append((pkg, md.version(pkg)))
+        except md.PackageNotFoundError:
+            rows.append((pkg, "not installed"))
+    _write_tsv(pd.DataFrame(rows, columns=["package", "version"]), Path(versions_out))

@@ -1,0 +1,32 @@
+# Master calibration frames and bad-pixel maps.
+
+
+rule master:
+    input:
+        master_inputs,
+    output:
+        out("{target}", "masters", "{name}.fits"),
+    params:
+        spec=lambda wc: PLAN[wc.target]["masters"][wc.name],
+        masters_dir=lambda wc: out(wc.target, "masters"),
+        cfg=section("calibration"),
+        code=CODE,
+    log:
+        out("{target}", "logs", "master_{name}.log"),
+    script:
+        "../../scripts/master.py"
+
+
+rule bad_pixel_map:
+    input:
+        unpack(lambda wc: bpm_sources(wc.target, wc.filter)),
+    output:
+        out("{target}", "masters", "BadPixelMap_{filter}.fits"),
+    params:
+        cfa=lambda wc: wc.filter == "RGB",
+        cfg=section("cosmetic"),
+        code=CODE,
+    log:
+        out("{target}", "logs", "bad_pixel_map_{filter}.log"),
+    script:
+        "../../scripts/bad_pixel_map.py"

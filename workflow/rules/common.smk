@@ -1,0 +1,120 @@
+# Parse-time work: validate the config, classify every file of the night from its header, and
+# plan masters and chunks, so `snakemake -n` and `--dag` show every job of the run.
+import copy
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from astroflow import __version__
+from astroflow.classify import scan
+from astroflow.options import non_default, source_hash
+from astroflow.plan import PlanError, build_plan
+
+
+validate(config, "../schemas/config.schema.yaml")
+DEFAULTS = {}
+validate(DEFAULTS, "../schemas/config.schema.yaml")
+
+if not config.get("data"):
+    raise WorkflowError("no data folder: run with --config data=/path/to/night")
+DATA = Path(config["data"]).expanduser()
+OUT = Path(config["out"]).expanduser()
+if not DATA.is_dir():
+    raise WorkflowError(f"data folder {DATA} does not exist")
+
+CLASSIFIED = scan(DATA, config["overrides"], str(config["osc"]).lower(), config["bayer_pattern"])
+try:
+    PLAN, TABLE = build_plan(CLASSIFIED, config)
+except PlanError as exc:
+    raise WorkflowError(f"{DATA}: {exc}")
+for _, bad in TABLE[~TABLE["accepted"]].iterrows():
+    logger.warning(f"excluded {bad['path']}: {bad['reason']}")
+
+CODE = f"{__version__}+{source_hash()}"
+HISTORY = non_default(config, DEFAULTS)
+
+
+wildcard_constraints:
+    target="[^/]+",
+    chunk="[A-Z]+_[0-9]{3}",
+    filter="L|R|G|B|H|S|O|RGB",
+    name="AutoMaster[A-Za-z0-9_.+-]*",
+
+
+def out(target, *parts):
+    return str(OUT.joinpath(target, *parts))
+
+
+def master_path(target, name):
+    return out(target, "masters", f"{name}.fits")
+
+
+def all_outputs():
+    files = []
+    for target, plan in PLAN.items():
+        files.append(out(target, "frames.tsv"))
+        files.append(out(target, "run", "config.yaml"))
+        files += [out(target, "integration", f"Integration_{f}.fits") for f in plan["filters"]]
+    return files
+
+
+def master_inputs(wildcards):
+    spec = PLAN[wildcards.target]["masters"][wildcards.name]
+    deps = [master_path(wildcards.target, n) for n in spec["calibrate_with"].values()]
+    return spec["files"] + deps
+
+
+def bpm_sources(target, filt):
+    """Master dark (of the filter's most common exposure) and master flat behind a bad-pixel map."""
+    rows = [r for c, rs in PLAN[target]["chunks"].items() if c.rsplit("_", 1)[0] == filt for r in rs]
+    darks = [r["dark"] for r in rows if r.get("dark")]
+    flats = [r["flat"] for r in rows if r.get("flat")]
+    sources = {}
+    if darks:
+        sources["dark"] = master_path(target, max(sorted(set(darks)), key=darks.count))
+    if flats:
+        sources["flat"] = master_path(target, flats[0])
+    return sources
+
+
+def bpm_path(target, filt):
+    if not bpm_sources(target, filt):
+        return None
+    return out(target, "masters", f"BadPixelMap_{filt}.fits")
+
+
+def chunk_rows(wildcards):
+    return PLAN[wildcards.target]["chunks"][wildcards.chunk]
+
+
+def chunk_filter(chunk):
+    return chunk.rsplit("_", 1)[0]
+
+
+def calibrate_inputs(wildcards):
+    rows = chunk_rows(wildcards)
+    names = sorted({r[k] for r in rows for k in ("bias", "dark", "flat") if r.get(k)})
+    inputs = {
+        "lights": [r["path"] for r in rows],
+        "masters": [master_path(wildcards.target, n) for n in names],
+    }
+    bpm = bpm_path(wildcards.target, chunk_filter(wildcards.chunk))
+    if bpm:
+        inputs["bpm"] = bpm
+    return inputs
+
+
+def chunks_of(target, filt=None):
+    return [c for c in PLAN[target]["chunks"] if filt is None or chunk_filter(c) == filt]
+
+
+def target_table(target):
+    """Rows of the classified table that belong in this target's frames.tsv."""
+    t = TABLE
+    keep = (t["target"] == target) | (t["type"] != "light")
+    return t[keep]
+
+
+def section(*names):
+    return {n: copy.deepcopy(config[n]) for n in names}
