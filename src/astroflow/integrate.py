@@ -20,6 +20,11 @@ Rejection methods and their two parameters (low, high), as in PixInsight / Siril
   ``high`` = significance);
 * ``none``.
 
+Note the limit of iterative clipping with the sample's own deviation: one value among ``n`` can
+be at most ``(n - 1) / sqrt(n)`` standard deviations away (Samuelson), so e.g. ``sigma`` with a
+low threshold of 4 cannot reject a single low outlier below 17 frames; ``winsorized`` and
+``esd`` do not have this blind spot.
+
 ``auto`` picks by frame count like AutoIntegrate's Auto2: percentile below 8 frames, sigma below
 20, linear fit below 25, ESD from 25.
 """

@@ -161,7 +161,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
     is_float = np.issubdtype(data.dtype, np.floating)
-    data = np.asarray(data, dtype=np.float32)
+    data = np.array(data, dtype=np.float32)  # a writable copy (XISF/FITS buffers may be read-only)
     scale = 1.0
     if is_float:
         finite = data[np.isfinite(data)]

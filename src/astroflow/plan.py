@@ -49,7 +49,7 @@ def _group(frames: pd.DataFrame, keys: list[str]) -> list[pd.DataFrame]:
     if frames.empty:
         return []
     filled = frames[keys].astype(str)
-    return [frames.loc[idx] for _, idx in filled.groupby(keys, sort=True).groups.items()]
+    return [frames.loc[idx] for idx in filled.groupby(keys, sort=True).indices.values()]
 
 
 def _label(prefix: str, group: pd.DataFrame, parts: list[str], unique: bool) -> str:

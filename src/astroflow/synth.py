@@ -162,7 +162,7 @@ def _nebula(spec: NightSpec, rng):
 
 
 def _cosmics(rng, img, n):
-    """Deposit n short cosmic-ray tracks (500-5000 e-); returns their pixel positions."""
+    """Deposit n short cosmic-ray tracks (500-5000 e- per pixel); returns ``[y, x, e]`` per pixel hit."""
     h, w = img.shape
     hits = []
     for _ in range(n):
@@ -172,7 +172,7 @@ def _cosmics(rng, img, n):
         e = rng.uniform(500, 5000)
         for k in range(length):
             img[y + k * dy, x + k * dx] += e
-            hits.append([int(y + k * dy), int(x + k * dx)])
+            hits.append([int(y + k * dy), int(x + k * dx), round(float(e), 1)])
     return hits
 
 
@@ -374,4 +374,5 @@ def load_truth(night_dir: str | Path) -> dict:
     truth = json.loads((night_dir / "truth" / "truth.json").read_text())
     table = np.genfromtxt(night_dir / "truth" / "stars.tsv", names=True, delimiter="\t")
     truth["stars"] = {name: table[name] for name in table.dtype.names}
+    truth["_dir"] = str(night_dir)
     return truth

@@ -1,0 +1,50 @@
+# astroflow developer entry points. `make demo` and `make test` work on a fresh machine
+# (Python 3.11 + pip); everything else is installed into .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+SAMPLE := sample/night
+RESULTS := results
+
+.PHONY: install demo test lint format clean benchmark
+
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+$(SAMPLE)/truth/truth.json: | $(VENV)/.installed
+	$(BIN)/astroflow make-sample $(SAMPLE) --filters L,R,G,B --frames 8 --size 768x512 --seed 1
+
+demo: $(VENV)/.installed $(SAMPLE)/truth/truth.json
+	$(BIN)/snakemake --cores $(CORES) --config data=$(SAMPLE) out=$(RESULTS)
+	@echo
+	@echo "Integrations:  $$(ls $(RESULTS)/*/integration/Integration_?.fits | tr '\n' ' ')"
+	@echo "Frame table:   $$(ls $(RESULTS)/*/frames.tsv)"
+	@echo "Masters:       $$(ls -d $(RESULTS)/*/masters)"
+
+test: $(VENV)/.installed
+	$(BIN)/pytest -n $(CORES) -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src scripts tests benchmarks
+	$(BIN)/ruff format --check src scripts tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint --config data=tests/data/lint_night >/dev/null
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix src scripts tests benchmarks
+	$(BIN)/ruff format src scripts tests benchmarks
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+benchmark: $(VENV)/.installed
+	$(BIN)/python benchmarks/vs_siril.py
+
+clean:
+	rm -rf $(RESULTS) sample .snakemake

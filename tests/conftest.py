@@ -1,0 +1,64 @@
+"""Shared fixtures: generated nights (with truth) and a Snakemake runner that uses the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from astroflow.synth import NightSpec, make_night
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def run_snakemake(data, out, *extra, cores=2, check=True):
+    """Run the workflow through the CLI, as a user would; returns the CompletedProcess."""
+    cmd = [SNAKEMAKE, "--cores", str(cores), "--config", f"data={data}", f"out={out}", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _night(factory, name, spec):
+    path = factory.mktemp(name)
+    make_night(path, spec)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mono_night(tmp_path_factory):
+    """12 L lights of 512x512 with two satellite trails, cosmic rays, hot pixels, dust, vignetting."""
+    return _night(tmp_path_factory, "mono", NightSpec(filters=("L",), frames=12, width=512, height=512, seed=11))
+
+
+@pytest.fixture(scope="session")
+def mono_run(mono_night, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mono_out")
+    proc = run_snakemake(mono_night, out)
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def nb_night(tmp_path_factory):
+    """Narrowband H + O lights with only a handful of stars each, and nebulosity."""
+    return _night(tmp_path_factory, "nb", NightSpec(filters=("H", "O"), frames=8, width=384, height=384, seed=3))
+
+
+@pytest.fixture(scope="session")
+def osc_night(tmp_path_factory):
+    return _night(tmp_path_factory, "osc", NightSpec(osc=True, frames=8, width=448, height=320, seed=4))
+
+
+@pytest.fixture
+def copy_night():
+    def _copy(src, dst):
+        shutil.copytree(src, dst)
+        return Path(dst)
+
+    return _copy

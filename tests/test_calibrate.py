@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from astroflow import cosmetic
+from astroflow.calibrate import calibrate_light
+from astroflow.debayer import channel_masks, debayer, effective_pattern
+
+
+def test_calibrate_with_dark_containing_bias():
+    light = np.full((4, 4), 1600.0, np.float32)
+    dark = np.full((4, 4), 600.0, np.float32)
+    flat = np.full((4, 4), 0.5, np.float32)
+    out = calibrate_light(light, 120.0, dark=(dark, 120.0, True), flat=flat)
+    np.testing.assert_allclose(out, 2000.0)
+
+
+def test_dark_scaling_with_bias():
+    bias = np.full((4, 4), 500.0, np.float32)
+    dark_current = np.full((4, 4), 100.0, np.float32)  # bias-subtracted, 300 s
+    light = np.full((4, 4), 500 + 1000 + 40, np.float32)  # 120 s: 40 ADU of dark current
+    out = calibrate_light(light, 120.0, bias=bias, dark=(dark_current, 300.0, False))
+    np.testing.assert_allclose(out, 1000.0)
+
+
+def test_dead_flat_pixels_become_nan_for_cosmetic_correction():
+    flat = np.ones((4, 4), np.float32)
+    flat[1, 1] = 0.0
+    out = calibrate_light(np.full((4, 4), 10.0, np.float32), 1.0, flat=flat)
+    assert np.isnan(out[1, 1]) and np.isfinite(out).sum() == 15
+
+
+def test_bad_pixel_map_ignores_amp_glow_and_finds_hot_and_dead_pixels():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:200, 0:200]
+    dark = 500 + rng.normal(0, 2, (200, 200)) + 40 * np.exp(-np.hypot(yy - 200, xx - 200) / 20)
+    dark[50, 60] += 300
+    dark[120, 30] += 80
+    flat = np.ones((200, 200)) * (1 - 0.3 * (np.hypot(yy - 100, xx - 100) / 141) ** 2)
+    flat[10, 10] = 0.05
+    bpm = cosmetic.bad_pixel_map(dark.astype(np.float32), flat.astype(np.float32))
+    assert bpm[50, 60] == cosmetic.HOT and bpm[120, 30] == cosmetic.HOT
+    assert bpm[10, 10] == cosmetic.COLD
+    assert (bpm[180:, 180:] != 0).mean() < 0.02  # glow corner is not a defect
+    assert (bpm != 0).mean() < 0.01
+
+
+def test_isolated_defects_spare_stars():
+    from astroflow.synth import _render_stars
+
+    rng = np.random.default_rng(1)
+    img = rng.normal(100, 5, (100, 100))
+    _render_stars(img, [40.2], [60.7], [50000], 1.3)
+    img[20, 20] += 500
+    img[70, 30] -= 80
+    bad = cosmetic.isolated_defects(img.astype(np.float32), 6.0, 5.0)
+    assert bad[20, 20] == cosmetic.HOT and bad[70, 30] == cosmetic.COLD
+    assert not bad[55:66, 35:46].any()
+    fixed = cosmetic.correct(img.astype(np.float32), bad)
+    assert abs(fixed[20, 20] - 100) < 20
+
+
+def test_cfa_correction_uses_same_colour_neighbours():
+    img = np.zeros((20, 20), np.float32)
+    masks = channel_masks("RGGB", img.shape)
+    img[masks[0]], img[masks[1]], img[masks[2]] = 100, 200, 300
+    bad = np.zeros(img.shape, bool)
+    bad[10, 10] = True  # a red site
+    assert cosmetic.correct(img, bad, cfa=True)[10, 10] == 100
+
+
+@pytest.mark.parametrize(
+    "pattern,xoff,yoff,roworder,expected",
+    [
+        ("RGGB", 0, 0, "TOP-DOWN", "RGGB"),
+        ("RGGB", 1, 0, "TOP-DOWN", "GRBG"),
+        ("RGGB", 0, 1, "TOP-DOWN", "GBRG"),
+        ("RGGB", 1, 1, "TOP-DOWN", "BGGR"),
+        ("RGGB", 0, 0, "BOTTOM-UP", "GBRG"),
+    ],
+)
+def test_effective_pattern(pattern, xoff, yoff, roworder, expected):
+    assert effective_pattern(pattern, xoff, yoff, roworder, height=100) == expected
+
+
+@pytest.mark.parametrize("method", ["bilinear", "ea"])
+@pytest.mark.parametrize("pattern", ["RGGB", "BGGR", "GRBG", "GBRG"])
+def test_debayer_recovers_smooth_colour(pattern, method):
+    yy, xx = np.mgrid[0:40, 0:40]
+    truth = np.stack([1000 + 5 * xx, 2000 + 0 * xx, 3000 + 5 * yy]).astype(np.float32)
+    cfa = (truth * channel_masks(pattern, (40, 40))).sum(0)
+    out = debayer(cfa, pattern, method)
+    np.testing.assert_allclose(out[:, 3:-3, 3:-3], truth[:, 3:-3, 3:-3], atol=1.0)

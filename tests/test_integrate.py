@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from astroflow.integrate import FrameNorm, auto_rejection, integrate, reject
+
+
+@pytest.mark.parametrize(
+    "n,method", [(3, "percentile"), (7, "percentile"), (8, "sigma"), (19, "sigma"), (20, "linear"), (24, "linear"), (25, "esd")]
+)
+def test_auto2_rule(n, method):
+    assert auto_rejection(n) == method
+
+
+def test_auto1_rule():
+    assert auto_rejection(30, "auto1") == "sigma"
+
+
+def _stack(n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(1000, 10, (n, 5000)).astype(np.float32)
+    x[0, :500] += 400  # a satellite trail in frame 0
+    x[1, 500:1000] -= 400  # a dead column in frame 1
+    return x
+
+
+@pytest.mark.parametrize(
+    "method,params,n",
+    [
+        ("percentile", (0.2, 0.1), 6),
+        ("sigma", (3.0, 3.0), 15),  # at 4 sigma, 15 values cannot reject one (Samuelson)
+        ("winsorized", (4.0, 3.0), 15),
+        ("linear", (5.0, 4.0), 22),
+        ("esd", (0.3, 0.05), 30),
+    ],
+)
+def test_rejection_finds_outliers_and_little_else(method, params, n):
+    x = _stack(n)
+    lo, hi = reject(x, method, *params)
+    assert hi[0, :500].mean() > 0.99
+    assert lo[1, 500:1000].mean() > 0.99
+    clean = np.ones_like(lo)
+    clean[0, :500] = clean[1, 500:1000] = False
+    assert (lo | hi)[clean].mean() < 0.02
+
+
+def test_nan_is_missing_data_not_an_outlier():
+    x = _stack(10)
+    x[3, :2500] = np.nan
+    lo, hi = reject(x, "sigma", 4.0, 3.0)
+    assert not (lo | hi)[3, :2500].any()
+    assert hi[0, :500].mean() > 0.99
+
+
+def test_integration_is_independent_of_memory_budget_and_averages_noise():
+    rng = np.random.default_rng(1)
+    n, shape = 16, (120, 90)
+    frames = [rng.normal(500 + 10 * i, 20, shape).astype(np.float32) for i in range(n)]
+    frames[2][40, :] = 5000  # trail
+    norms = [FrameNorm(np.array([500.0 + 10 * i]), np.array([20.0]), 1.0) for i in range(n)]
+    big = integrate(frames, norms, "sigma", 4.0, 3.0, reference=0, memory_mb=512)
+    small = integrate(frames, norms, "sigma", 4.0, 3.0, reference=0, memory_mb=0.05)  # many bands
+    np.testing.assert_array_equal(big[0], small[0])
+    image, rej_lo, rej_hi, coverage = big
+    assert abs(np.median(image) - 500) < 1  # normalised to the reference frame's level
+    assert np.std(image) < 20 / np.sqrt(n) * 1.15
+    assert rej_hi[40].mean() > 0.9 / n and abs(image[40].mean() - 500) < 3
+    assert (coverage == n).all()
+
+
+def test_weights_favour_the_cleaner_frame():
+    a = np.full((10, 10), 100.0, np.float32)
+    b = np.full((10, 10), 200.0, np.float32)
+    norms = [FrameNorm(np.array([0.0]), np.array([1.0]), 3.0), FrameNorm(np.array([0.0]), np.array([1.0]), 1.0)]
+    image = integrate([a, b], norms, "none", 0, 0, normalisation="none")[0]
+    np.testing.assert_allclose(image, 125.0)

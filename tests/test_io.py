@@ -1,0 +1,77 @@
+import importlib.resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from astroflow.io import FrameError, read_header, read_image, write_fits, write_xisf
+
+
+def test_uint16_with_bzero_reads_as_adu(tmp_path):
+    data = np.array([[0, 1000], [40000, 65535]], np.uint16)
+    fits.PrimaryHDU(data).writeto(tmp_path / "a.fits")
+    img, header, scale = read_image(tmp_path / "a.fits")
+    assert img.dtype == np.float32 and scale == 1.0
+    np.testing.assert_array_equal(img, data.astype(np.float32))
+
+
+def test_normalised_float_is_scaled_to_adu(tmp_path):
+    data = np.array([[0.0, 0.5], [0.25, 1.0]], np.float32)
+    fits.PrimaryHDU(data).writeto(tmp_path / "a.fits")
+    img, _, scale = read_image(tmp_path / "a.fits")
+    assert scale == 65535.0
+    np.testing.assert_allclose(img, data * 65535.0)
+
+
+def test_float_in_adu_is_kept(tmp_path):
+    data = np.array([[500.0, 1200.5], [3.0, 60000.0]], np.float32)
+    fits.PrimaryHDU(data).writeto(tmp_path / "a.fits")
+    img, _, scale = read_image(tmp_path / "a.fits")
+    assert scale == 1.0
+    np.testing.assert_array_equal(img, data)
+
+
+def test_tile_compressed_real_frame():
+    path = importlib.resources.files("astropy") / "io/fits/hdu/compressed/tests/data/m13.fits"
+    if not Path(str(path)).exists():
+        pytest.skip("astropy's compressed M13 test file is not installed")
+    img, header, _ = read_image(path)
+    assert img.shape == (300, 300) and np.isfinite(img).all()
+    assert read_header(path)["NAXIS1"] == 300
+
+
+def test_xisf_round_trip(tmp_path):
+    data = (np.arange(12, dtype=np.float32).reshape(3, 4) * 100).astype(np.float32)
+    header = fits.Header({"IMAGETYP": "LIGHT", "EXPTIME": 30.0, "FILTER": "Ha"})
+    write_xisf(tmp_path / "a.xisf", data, header)
+    img, h, scale = read_image(tmp_path / "a.xisf")
+    np.testing.assert_allclose(img, data, rtol=1e-5, atol=1e-3)
+    assert h["IMAGETYP"] == "LIGHT" and h["EXPTIME"] == 30.0 and h["FILTER"] == "Ha"
+    assert read_header(tmp_path / "a.xisf")["NAXIS1"] == 4
+
+
+def test_truncated_and_garbage_files_name_the_file(tmp_path):
+    fits.PrimaryHDU(np.zeros((64, 64), np.uint16)).writeto(tmp_path / "full.fits")
+    raw = (tmp_path / "full.fits").read_bytes()
+    (tmp_path / "cut.fits").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "junk.fits").write_text("this is not a FITS file")
+    for name, message in (("cut.fits", "truncated"), ("junk.fits", "not a readable")):
+        with pytest.raises(FrameError, match=message) as err:
+            read_header(tmp_path / name)
+        assert name in str(err.value)
+
+
+def test_write_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "out.fits"
+    write_fits(target, np.ones((4, 4), np.float32))
+    before = target.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fits.PrimaryHDU, "writeto", boom)
+    with pytest.raises(RuntimeError):
+        write_fits(target, np.zeros((4, 4), np.float32))
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.fits"]

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from astroflow.register import RegistrationError, apply, fit_transform, register, warp
+from astroflow.synth import _render_stars
+
+
+def _field(rng, n, size):
+    return np.column_stack([rng.uniform(10, size - 10, n), rng.uniform(10, size - 10, n)])
+
+
+def _similarity(theta_deg, dx, dy, c=256):
+    t = np.radians(theta_deg)
+    r = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    return np.hstack([r, (np.array([c, c]) - r @ [c, c] + [dx, dy])[:, None]])
+
+
+@pytest.mark.parametrize("n_stars", [200, 5])
+def test_register_recovers_transform(n_stars):
+    rng = np.random.default_rng(2)
+    ref = _field(rng, n_stars, 512)
+    truth = _similarity(0.4, 13.3, -7.8)
+    src = apply(truth, ref) + rng.normal(0, 0.05, ref.shape)  # lists stay brightest-first
+    if n_stars > 20:  # some stars lost, some spurious detections
+        src = np.vstack([np.delete(src, rng.choice(n_stars, 15, replace=False), axis=0), _field(rng, 10, 512)])
+    reg = register(ref, src)
+    corners = np.array([[0, 0], [511, 0], [0, 511], [511, 511]], float)
+    err = np.hypot(*(apply(reg.matrix, corners) - apply(truth, corners)).T)
+    assert err.max() < 0.1
+
+
+def test_unrelated_star_lists_fail_cleanly():
+    rng = np.random.default_rng(3)
+    with pytest.raises(RegistrationError, match="matched"):
+        register(_field(rng, 40, 512), _field(rng, 40, 512), min_matches=10)
+    with pytest.raises(RegistrationError, match="too few stars"):
+        register(_field(rng, 40, 512), _field(rng, 2, 512))
+
+
+def test_fit_models():
+    rng = np.random.default_rng(4)
+    ref = _field(rng, 30, 100)
+    m = np.array([[1.01, 0.02, 3.0], [-0.01, 0.99, -2.0]])
+    np.testing.assert_allclose(fit_transform(ref, apply(m, ref), "affine"), m, atol=1e-9)
+    s = _similarity(1.0, 2.0, 3.0, 50)
+    np.testing.assert_allclose(fit_transform(ref, apply(s, ref), "similarity"), s, atol=1e-9)
+
+
+def test_warp_moves_a_star_to_the_right_place_without_ringing():
+    img = np.zeros((64, 64))
+    _render_stars(img, [30.3], [33.6], [1e5], 1.2)
+    m = np.array([[1.0, 0.0, 2.5], [0.0, 1.0, -1.25]])  # reference -> source
+    out = warp(img.astype(np.float32), m, (64, 64))
+    yy, xx = np.mgrid[0:64, 0:64]
+    w = np.nan_to_num(out)
+    cx, cy = (w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()
+    assert abs(cx - (30.3 - 2.5)) < 0.02 and abs(cy - (33.6 + 1.25)) < 0.02
+    assert np.nanmin(out) >= -1e-3  # clamping: no negative ring
+    assert np.isnan(out[:, -2:]).all()  # uncovered pixels are NaN, not zeros
