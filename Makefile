@@ -36,7 +36,8 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check src scripts tests benchmarks
 	$(BIN)/ruff format --check src scripts tests benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules
-	$(BIN)/snakemake --lint --config data=tests/data/lint_night >/dev/null
+	test -f .lint-night/truth/truth.json || $(BIN)/astroflow make-sample .lint-night --frames 2 --size 64x64 >/dev/null
+	$(BIN)/snakemake --lint --config data=.lint-night out=.lint-out
 
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix src scripts tests benchmarks

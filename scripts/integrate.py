@@ -4,4 +4,6 @@ from astroflow.pipeline import integrate_filter, setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0])
-integrate_filter(list(sm.input), sm.wildcards.filter, dict(sm.output.items()), sm.params.cfg, sm.params.history)
+integrate_filter(
+    list(sm.input), sm.wildcards.filter, dict(sm.output.items()), sm.params.cfg, sm.params.history
+)

@@ -19,9 +19,13 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 def run_snakemake(data, out, *extra, cores=2, check=True):
     """Run the workflow through the CLI, as a user would; returns the CompletedProcess."""
     cmd = [SNAKEMAKE, "--cores", str(cores), "--config", f"data={data}", f"out={out}", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -34,7 +38,9 @@ def _night(factory, name, spec):
 @pytest.fixture(scope="session")
 def mono_night(tmp_path_factory):
     """12 L lights of 512x512 with two satellite trails, cosmic rays, hot pixels, dust, vignetting."""
-    return _night(tmp_path_factory, "mono", NightSpec(filters=("L",), frames=12, width=512, height=512, seed=11))
+    return _night(
+        tmp_path_factory, "mono", NightSpec(filters=("L",), frames=12, width=512, height=512, seed=11)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +53,9 @@ def mono_run(mono_night, tmp_path_factory):
 @pytest.fixture(scope="session")
 def nb_night(tmp_path_factory):
     """Narrowband H + O lights with only a handful of stars each, and nebulosity."""
-    return _night(tmp_path_factory, "nb", NightSpec(filters=("H", "O"), frames=8, width=384, height=384, seed=3))
+    return _night(
+        tmp_path_factory, "nb", NightSpec(filters=("H", "O"), frames=8, width=384, height=384, seed=3)
+    )
 
 
 @pytest.fixture(scope="session")

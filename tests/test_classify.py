@@ -70,12 +70,19 @@ def _write(path, header, shape=(16, 16)):
 def test_scan_plan_and_overrides(tmp_path):
     base = {"EXPTIME": 60.0, "GAIN": 100, "CCD-TEMP": -10.0}
     for i in range(3):
-        _write(tmp_path / f"lights/L/m42_{i}.fits", {**base, "IMAGETYP": "Light Frame", "FILTER": "L", "OBJECT": "M 42"})
+        _write(
+            tmp_path / f"lights/L/m42_{i}.fits",
+            {**base, "IMAGETYP": "Light Frame", "FILTER": "L", "OBJECT": "M 42"},
+        )
         _write(tmp_path / f"lights/x/m42_Ha_{i}.fits", {**base, "OBJECT": "M 42"})  # no IMAGETYP
         _write(tmp_path / f"darks/d60_{i}.fits", {**base, "IMAGETYP": "DARK"})
         _write(tmp_path / f"darks/d300_{i}.fits", {**base, "EXPTIME": 300.0, "IMAGETYP": "DARK"})
         _write(tmp_path / f"flats/f_{i}.fits", {**base, "EXPTIME": 1.0, "IMAGETYP": "FLAT", "FILTER": "L"})
-    _write(tmp_path / "lights/L/odd.fits", {**base, "IMAGETYP": "LIGHT", "FILTER": "L", "OBJECT": "M 42"}, shape=(8, 16))
+    _write(
+        tmp_path / "lights/L/odd.fits",
+        {**base, "IMAGETYP": "LIGHT", "FILTER": "L", "OBJECT": "M 42"},
+        shape=(8, 16),
+    )
     (tmp_path / "lights/L/broken.fits").write_bytes(b"SIMPLE  =  not really a FITS file")
     overrides = [{"pattern": "lights/x/*Ha*", "type": "light", "filter": "H"}]
     table = scan(tmp_path, overrides)
@@ -96,7 +103,9 @@ def test_scan_plan_and_overrides(tmp_path):
 
 
 def test_dark_temperature_tolerance(tmp_path):
-    _write(tmp_path / "lights/a.fits", {"IMAGETYP": "LIGHT", "EXPTIME": 60.0, "CCD-TEMP": -10.0, "OBJECT": "x"})
+    _write(
+        tmp_path / "lights/a.fits", {"IMAGETYP": "LIGHT", "EXPTIME": 60.0, "CCD-TEMP": -10.0, "OBJECT": "x"}
+    )
     _write(tmp_path / "darks/d.fits", {"IMAGETYP": "DARK", "EXPTIME": 60.0, "CCD-TEMP": 5.0})
     plan, table = build_plan(scan(tmp_path), CFG)
     light = table[table["type"] == "light"].iloc[0]

@@ -5,7 +5,16 @@ from astroflow.integrate import FrameNorm, auto_rejection, integrate, reject
 
 
 @pytest.mark.parametrize(
-    "n,method", [(3, "percentile"), (7, "percentile"), (8, "sigma"), (19, "sigma"), (20, "linear"), (24, "linear"), (25, "esd")]
+    "n,method",
+    [
+        (3, "percentile"),
+        (7, "percentile"),
+        (8, "sigma"),
+        (19, "sigma"),
+        (20, "linear"),
+        (24, "linear"),
+        (25, "esd"),
+    ],
 )
 def test_auto2_rule(n, method):
     assert auto_rejection(n) == method
@@ -70,6 +79,9 @@ def test_integration_is_independent_of_memory_budget_and_averages_noise():
 def test_weights_favour_the_cleaner_frame():
     a = np.full((10, 10), 100.0, np.float32)
     b = np.full((10, 10), 200.0, np.float32)
-    norms = [FrameNorm(np.array([0.0]), np.array([1.0]), 3.0), FrameNorm(np.array([0.0]), np.array([1.0]), 1.0)]
+    norms = [
+        FrameNorm(np.array([0.0]), np.array([1.0]), 3.0),
+        FrameNorm(np.array([0.0]), np.array([1.0]), 1.0),
+    ]
     image = integrate([a, b], norms, "none", 0, 0, normalisation="none")[0]
     np.testing.assert_allclose(image, 125.0)

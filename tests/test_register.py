@@ -22,7 +22,9 @@ def test_register_recovers_transform(n_stars):
     truth = _similarity(0.4, 13.3, -7.8)
     src = apply(truth, ref) + rng.normal(0, 0.05, ref.shape)  # lists stay brightest-first
     if n_stars > 20:  # some stars lost, some spurious detections
-        src = np.vstack([np.delete(src, rng.choice(n_stars, 15, replace=False), axis=0), _field(rng, 10, 512)])
+        src = np.vstack(
+            [np.delete(src, rng.choice(n_stars, 15, replace=False), axis=0), _field(rng, 10, 512)]
+        )
     reg = register(ref, src)
     corners = np.array([[0, 0], [511, 0], [0, 511], [511, 511]], float)
     err = np.hypot(*(apply(reg.matrix, corners) - apply(truth, corners)).T)

@@ -78,7 +78,17 @@ def master(
         result = result / np.float32(med)
     header = fits.Header()
     first = headers[0]
-    for key in ("INSTRUME", "EXPTIME", "GAIN", "OFFSET", "XBINNING", "YBINNING", "CCD-TEMP", "FILTER", "BAYERPAT"):
+    for key in (
+        "INSTRUME",
+        "EXPTIME",
+        "GAIN",
+        "OFFSET",
+        "XBINNING",
+        "YBINNING",
+        "CCD-TEMP",
+        "FILTER",
+        "BAYERPAT",
+    ):
         if key in first:
             header[key] = first[key]
     header["IMAGETYP"] = f"Master {kind}"

@@ -225,7 +225,9 @@ def scan(
             bayer=bayer or "",
         )
         if kind is None:
-            row.update(accepted=False, reason="frame type unknown: no IMAGETYP and no lights/darks/flats/bias folder")
+            row.update(
+                accepted=False, reason="frame type unknown: no IMAGETYP and no lights/darks/flats/bias folder"
+            )
         elif kind in ("light", "dark") and row["exptime"] is None:
             row.update(accepted=False, reason="EXPTIME missing: exposure unknown")
         for ov in overrides or []:
@@ -241,4 +243,3 @@ def scan(
             row["filter"] = ""
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
-

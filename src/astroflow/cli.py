@@ -25,7 +25,9 @@ def _make_sample(args) -> int:
     )
     make_night(args.out, spec)
     kind = "OSC" if args.osc else ",".join(filters)
-    print(f"wrote a synthetic night ({kind}, {args.frames} lights per filter, {width}x{height}) to {args.out}")
+    print(
+        f"wrote a synthetic night ({kind}, {args.frames} lights per filter, {width}x{height}) to {args.out}"
+    )
     return 0
 
 

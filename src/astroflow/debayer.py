@@ -17,7 +17,9 @@ from scipy import ndimage
 PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 
 
-def effective_pattern(pattern: str, xoff: int = 0, yoff: int = 0, roworder: str = "TOP-DOWN", height: int = 0) -> str:
+def effective_pattern(
+    pattern: str, xoff: int = 0, yoff: int = 0, roworder: str = "TOP-DOWN", height: int = 0
+) -> str:
     """Pattern of the stored cell ``[0:2, 0:2]`` after Bayer offsets and row order.
 
     ``XBAYROFF``/``YBAYROFF`` shift the pattern origin; ``ROWORDER = BOTTOM-UP`` means the pattern

@@ -123,9 +123,7 @@ def _check_size(path: Path, header: fits.Header) -> None:
         npix *= int(header.get(f"NAXIS{i}", 0))
     expected = npix * bitpix // 8
     if expected and path.stat().st_size < expected:
-        raise FrameError(
-            f"file is truncated ({path.stat().st_size} bytes, image needs at least {expected})"
-        )
+        raise FrameError(f"file is truncated ({path.stat().st_size} bytes, image needs at least {expected})")
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]:
@@ -201,9 +199,7 @@ def write_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Header | 
                 continue
             if card.keyword in ("HISTORY", "COMMENT"):
                 hdu.header.append(card)
-            elif card.keyword.startswith("Z") and card.keyword[1:].isupper() and header.get(
-                "ZIMAGE"
-            ):
+            elif card.keyword.startswith("Z") and card.keyword[1:].isupper() and header.get("ZIMAGE"):
                 continue
             else:
                 hdu.header[card.keyword] = (card.value, card.comment)
@@ -220,9 +216,7 @@ def write_xisf(path: str | os.PathLike, data: np.ndarray, header: fits.Header | 
     keywords = {}
     for card in (header or fits.Header()).cards:
         if card.keyword and not card.keyword.startswith(("NAXIS", "BITPIX", "SIMPLE", "BZERO")):
-            keywords.setdefault(card.keyword, []).append(
-                {"value": str(card.value), "comment": card.comment}
-            )
+            keywords.setdefault(card.keyword, []).append({"value": str(card.value), "comment": card.comment})
     with atomic_path(path) as tmp:
         XISF.write(str(tmp), np.ascontiguousarray(img), image_metadata={"FITSKeywords": keywords})
 

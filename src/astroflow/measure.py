@@ -25,7 +25,9 @@ def noise_sigma(image: np.ndarray, clip: float = 3.0, iterations: int = 5) -> fl
     multiresolution noise estimate does) rather than image content.
     """
     img = np.nan_to_num(np.asarray(image, np.float32), nan=float(np.nanmedian(image)))
-    smooth = ndimage.convolve1d(ndimage.convolve1d(img, _B3, axis=0, mode="mirror"), _B3, axis=1, mode="mirror")
+    smooth = ndimage.convolve1d(
+        ndimage.convolve1d(img, _B3, axis=0, mode="mirror"), _B3, axis=1, mode="mirror"
+    )
     w1 = (img - smooth).ravel()[::3]  # subsample: statistics of millions of pixels are overkill
     sigma = float(np.std(w1))
     center = float(np.median(w1))
@@ -58,14 +60,15 @@ def detect_stars(
     sigma: float = 3.0,
     saturated: np.ndarray | None = None,
     max_stars: int = 2000,
-    min_fwhm: float = 1.2,
+    min_fwhm: float = 1.5,
 ):
     """Detect stars; returns a structured array sorted by flux (brightest first).
 
     Fields: ``x, y`` (windowed centroid), ``flux`` (ADU, background-subtracted), ``peak``,
     ``fwhm``, ``ecc``, ``sat`` (touches a saturated pixel). Extended blobs (larger than 5× the
-    median size), edge-truncated detections and anything sharper than ``min_fwhm`` px (hot
-    pixels, cosmic rays) are dropped.
+    median size), edge-truncated detections, anything sharper than ``min_fwhm`` px (hot
+    pixels, cosmic rays) and unsaturated objects wider than twice the median (nebula knots,
+    galaxies) are dropped.
     """
     img = np.ascontiguousarray(np.nan_to_num(image, nan=float(np.nanmedian(image))), dtype=np.float32)
     bkg = sep.Background(img, bw=32, bh=32, fw=3, fh=3)
@@ -77,8 +80,32 @@ def detect_stars(
         # default 3x3 matched filter: the threshold applies to the smoothed image (SExtractor style)
         objs = sep.extract(sub, sigma, err=rms, minarea=5, deblend_cont=0.005)
     except Exception:  # sep raises on pathological images (e.g. all-constant); treat as no stars
-        objs = np.zeros(0, dtype=[("x", float), ("y", float), ("a", float), ("b", float), ("flux", float), ("peak", float), ("flag", int), ("xmin", int), ("xmax", int), ("ymin", int), ("ymax", int), ("npix", int)])
-    dtype = [("x", "f8"), ("y", "f8"), ("flux", "f8"), ("peak", "f8"), ("fwhm", "f8"), ("ecc", "f8"), ("sat", "?")]
+        objs = np.zeros(
+            0,
+            dtype=[
+                ("x", float),
+                ("y", float),
+                ("a", float),
+                ("b", float),
+                ("flux", float),
+                ("peak", float),
+                ("flag", int),
+                ("xmin", int),
+                ("xmax", int),
+                ("ymin", int),
+                ("ymax", int),
+                ("npix", int),
+            ],
+        )
+    dtype = [
+        ("x", "f8"),
+        ("y", "f8"),
+        ("flux", "f8"),
+        ("peak", "f8"),
+        ("fwhm", "f8"),
+        ("ecc", "f8"),
+        ("sat", "?"),
+    ]
     if len(objs) == 0:
         return np.zeros(0, dtype=dtype)
     h, w = img.shape
@@ -103,8 +130,11 @@ def detect_stars(
     out = np.zeros(len(objs), dtype=dtype)
     out["x"], out["y"], out["flux"], out["peak"] = x, y, objs["flux"], objs["peak"]
     out["fwhm"], out["ecc"], out["sat"] = fwhm, ecc, sat
-    # Hot pixels and cosmic rays are sharper than any seeing-limited star.
+    # Hot pixels and cosmic rays are sharper than any seeing-limited star; nebula knots and
+    # galaxies are wider than the stars, which are the sharpest real objects in the frame.
     starlike = np.isfinite(fwhm) & (fwhm >= min_fwhm)
+    if (starlike & ~sat).sum() >= 3:
+        starlike &= sat | (fwhm <= 2.0 * np.median(fwhm[starlike & ~sat]))
     return out[compact & starlike][:max_stars]
 
 

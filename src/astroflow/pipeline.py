@@ -65,7 +65,12 @@ def build_master(name: str, spec: dict, masters_dir: str | Path, out: str | Path
         dark, dh, _ = read_image(masters_dir / f"{with_['dark']}.fits")
         dark_exp = None  # flat-darks match the flats' exposure: subtract as is
     data, header, notes = master(
-        spec["files"], spec["kind"], cfg["calibration"]["master_rejection"], bias=bias, dark=dark, dark_exptime=dark_exp
+        spec["files"],
+        spec["kind"],
+        cfg["calibration"]["master_rejection"],
+        bias=bias,
+        dark=dark,
+        dark_exptime=dark_exp,
     )
     for note in notes:
         log.warning("%s: %s", name, note)
@@ -168,7 +173,9 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
             per_channel = [measure.frame_stats(p, stars[:0]) for p in planes] if img.ndim == 3 else [stats]
             out_name = f"{_stem(row['path'])}_c.fits"
             hdr = header.copy()
-            hdr["HISTORY"] = f"astroflow {__version__}: calibrated ({', '.join(k for k in ('bias', 'dark', 'flat') if row.get(k)) or 'no masters'})"
+            hdr["HISTORY"] = (
+                f"astroflow {__version__}: calibrated ({', '.join(k for k in ('bias', 'dark', 'flat') if row.get(k)) or 'no masters'})"
+            )
             if cfa:
                 hdr["HISTORY"] = f"debayered {pattern} ({cfg['debayer']['method']})"
                 for key in ("BAYERPAT", "XBAYROFF", "YBAYROFF"):
@@ -176,9 +183,15 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
             write_fits(out_dir / out_name, img, hdr)
             stars_out[out_name] = np.column_stack([stars["x"], stars["y"], stars["flux"]])
             rec.update(file=out_name, status="ok", bad_pixels=int((bad != 0).sum()))
-            rec.update({k: v for k, v in stats.as_dict().items() if k not in ("background", "scale", "noise")})
+            rec.update(
+                {k: v for k, v in stats.as_dict().items() if k not in ("background", "scale", "noise")}
+            )
             for c, st in enumerate(per_channel):
-                rec[f"background_{c}"], rec[f"scale_{c}"], rec[f"noise_{c}"] = st.background, st.scale, st.noise
+                rec[f"background_{c}"], rec[f"scale_{c}"], rec[f"noise_{c}"] = (
+                    st.background,
+                    st.scale,
+                    st.noise,
+                )
         except FrameError as exc:
             rec["reason"] = str(exc)
             log.error("excluded %s", exc)
@@ -195,8 +208,9 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
 def choose_reference(calibrated_dirs: list[str], out: str | Path) -> dict:
     """Pick the registration reference among all calibrated lights of a target.
 
-    The filter with the most stars (median per frame) is preferred, then the frame with the best
-    AutoIntegrate 'Generic' weight (FWHM, eccentricity, SNR). Writes ``reference.json``.
+    The filter with the most stars (median per frame) is preferred; within it, among frames with
+    at least 90 % of the best star count, the best AutoIntegrate 'Generic' weight (FWHM,
+    eccentricity, SNR). Writes ``reference.json``.
     """
     tables = []
     for d in calibrated_dirs:
@@ -211,6 +225,8 @@ def choose_reference(calibrated_dirs: list[str], out: str | Path) -> dict:
     best_filter = ok.groupby("chunk_filter")["stars"].median().sort_index().idxmax()
     cand = ok[ok["chunk_filter"] == best_filter].copy()
     cand["weight"] = measure.generic_weight(cand.to_dict("records"))
+    # a reference must show the stars the others share: only frames near the best star count
+    cand = cand[cand["stars"] >= 0.9 * cand["stars"].max()]
     best = cand.sort_values(["weight", "path"], ascending=[False, True]).iloc[0]
     stars = np.load(Path(best["dir"]) / "stars.npz")[best["file"]]
     ref = {
@@ -256,9 +272,13 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
             img, header, _ = read_image(src_path)
             lum = img.mean(axis=0) if img.ndim == 3 else img
             if lum.shape != shape:
-                raise register.RegistrationError(f"size {lum.shape[::-1]} differs from the reference {shape[::-1]}")
+                raise register.RegistrationError(
+                    f"size {lum.shape[::-1]} differs from the reference {shape[::-1]}"
+                )
             if str(src_path) == ref["file"]:
-                reg = register.Registration(np.array([[1.0, 0, 0], [0, 1.0, 0]]), len(ref_xy), 0.0, "reference")
+                reg = register.Registration(
+                    np.array([[1.0, 0, 0], [0, 1.0, 0]]), len(ref_xy), 0.0, "reference"
+                )
             else:
                 xy = stars[row["file"]][:, :2]
                 reg = register.register(
@@ -297,7 +317,9 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
 # Integration of one filter
 
 
-def integrate_filter(registered_dirs: list[str], filt: str, outputs: dict, cfg: dict, history: list[str]) -> dict:
+def integrate_filter(
+    registered_dirs: list[str], filt: str, outputs: dict, cfg: dict, history: list[str]
+) -> dict:
     """Integrate all registered frames of one filter; write image, rejection and coverage maps."""
     tables = []
     for d in registered_dirs:
@@ -342,7 +364,17 @@ def integrate_filter(registered_dirs: list[str], filt: str, outputs: dict, cfg: 
     )
     head = fits.getheader(Path(ok.loc[ref, "dir"]) / ok.loc[ref, "registered"])
     h = fits.Header()
-    for key in ("OBJECT", "INSTRUME", "TELESCOP", "FOCALLEN", "XPIXSZ", "XBINNING", "YBINNING", "GAIN", "OFFSET"):
+    for key in (
+        "OBJECT",
+        "INSTRUME",
+        "TELESCOP",
+        "FOCALLEN",
+        "XPIXSZ",
+        "XBINNING",
+        "YBINNING",
+        "GAIN",
+        "OFFSET",
+    ):
         if key in head:
             h[key] = head[key]
     h["IMAGETYP"] = "Master light"
@@ -404,7 +436,10 @@ def frame_table(classified: pd.DataFrame, registered_dirs: list[str], reference_
         table.loc[problem, "reason"] = table.loc[problem, col]
         table.loc[problem, "accepted"] = False
         lights &= ~problem
-    table = table.drop(columns=["index", "calibration_reason", "reg_reason", "status", "reg_status", "reference_y"], errors="ignore")
+    table = table.drop(
+        columns=["index", "calibration_reason", "reg_reason", "status", "reg_status", "reference_y"],
+        errors="ignore",
+    )
     table = table.rename(columns={"reference_x": "reference"})
     _write_tsv(table, Path(out))
     return table
@@ -424,7 +459,18 @@ def run_record(cfg: dict, plan: dict, code: str, config_out, versions_out) -> No
             yaml.safe_dump({"astroflow": code, "config": cfg, "plan": plan}, sort_keys=False, width=110)
         )
     rows = [("python", platform.python_version()), ("astroflow", code)]
-    for pkg in ("numpy", "scipy", "astropy", "astroalign", "sep", "opencv-python-headless", "bottleneck", "xisf", "pandas", "snakemake"):
+    for pkg in (
+        "numpy",
+        "scipy",
+        "astropy",
+        "astroalign",
+        "sep",
+        "opencv-python-headless",
+        "bottleneck",
+        "xisf",
+        "pandas",
+        "snakemake",
+    ):
         try:
             rows.append((pkg, md.version(pkg)))
         except md.PackageNotFoundError:

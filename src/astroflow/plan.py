@@ -34,7 +34,12 @@ def _fmt(value) -> str:
 
 def _same(a, b) -> bool:
     """Header values match; a missing value on either side does not prevent a match."""
-    if a is None or b is None or (isinstance(a, float) and pd.isna(a)) or (isinstance(b, float) and pd.isna(b)):
+    if (
+        a is None
+        or b is None
+        or (isinstance(a, float) and pd.isna(a))
+        or (isinstance(b, float) and pd.isna(b))
+    ):
         return True
     if a == "" or b == "":
         return True
@@ -49,7 +54,7 @@ def _group(frames: pd.DataFrame, keys: list[str]) -> list[pd.DataFrame]:
     if frames.empty:
         return []
     filled = frames[keys].astype(str)
-    return [frames.loc[idx] for idx in filled.groupby(keys, sort=True).indices.values()]
+    return [frames.iloc[pos] for pos in filled.groupby(keys, sort=True).indices.values()]
 
 
 def _label(prefix: str, group: pd.DataFrame, parts: list[str], unique: bool) -> str:
@@ -208,7 +213,9 @@ def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict) -> dict
                 if scaled:
                     notes[idx].append(f"dark {exp:g}s scaled to {light['exptime']:g}s")
                 else:
-                    notes[idx].append(f"warning: dark exposure {exp:g}s differs from {light['exptime']:g}s by >10%")
+                    notes[idx].append(
+                        f"warning: dark exposure {exp:g}s differs from {light['exptime']:g}s by >10%"
+                    )
         elif bias_name:
             choice["bias"] = bias_name
         if "dark" not in choice and "bias" not in choice:
@@ -219,7 +226,7 @@ def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict) -> dict
         else:
             notes[idx].append("no flat for this filter: not flat-fielded")
     if "AutoMasterBias" in masters and cal["dark_scaling"]:
-        for name, info in masters.items():
+        for info in masters.values():
             if info["kind"] == "dark":
                 info["calibrate_with"] = {"bias": "AutoMasterBias"}
     used = {n for c in per_light.values() for n in c.values()}

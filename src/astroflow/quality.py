@@ -53,7 +53,7 @@ def _star_mask(shape, xy, flux, fwhm):
     """Mask circles around every truth star bright enough to matter."""
     mask = np.zeros(shape, bool)
     h, w = shape
-    for (x, y), f in zip(xy, flux):
+    for (x, y), f in zip(xy, flux, strict=False):
         r = fwhm * (1.5 + max(0.0, np.log10(max(f, 1.0)) - 2.0))
         x0, x1, y0, y1 = int(x - r), int(x + r) + 2, int(y - r), int(y + r) + 2
         if x1 < 0 or y1 < 0 or x0 >= w or y0 >= h:
@@ -83,7 +83,9 @@ def fit_psf(image, x, y, size=8):
     bg = np.median(np.concatenate([stamp[0], stamp[-1], stamp[:, 0], stamp[:, -1]]))
     p0 = [stamp.max() - bg, x, y, 1.3, 1.3, 0.0, bg]
     try:
-        res = optimize.least_squares(lambda p: (_gauss2d(p, yy, xx) - stamp).ravel(), p0, method="lm", max_nfev=400)
+        res = optimize.least_squares(
+            lambda p: (_gauss2d(p, yy, xx) - stamp).ravel(), p0, method="lm", max_nfev=400
+        )
     except Exception:
         return None
     sx, sy = abs(res.x[3]), abs(res.x[4])
@@ -92,7 +94,9 @@ def fit_psf(image, x, y, size=8):
     return 2.3548 * max(sx, sy), 2.3548 * min(sx, sy)
 
 
-def score(image: np.ndarray, truth: dict, band: str = "L", single: np.ndarray | None = None, frame_to_image=None) -> dict:
+def score(
+    image: np.ndarray, truth: dict, band: str = "L", single: np.ndarray | None = None, frame_to_image=None
+) -> dict:
     """Quality metrics of ``image`` (mono, any scale/offset) against ``truth`` (see module doc).
 
     ``single`` is a registered single frame (same geometry) for the noise gain; ``frame_to_image``
@@ -118,7 +122,12 @@ def score(image: np.ndarray, truth: dict, band: str = "L", single: np.ndarray | 
     from scipy.spatial import cKDTree
 
     tree = cKDTree(xy)
-    iso = np.array([all(flux_e[j] < 0.01 * flux_e[i] for j in tree.query_ball_point(p, 12) if j != i) for i, p in enumerate(xy)])
+    iso = np.array(
+        [
+            all(flux_e[j] < 0.01 * flux_e[i] for j in tree.query_ball_point(p, 12) if j != i)
+            for i, p in enumerate(xy)
+        ]
+    )
     sat_limit = 0.5 * 65535 * 2 * np.pi * (true_fwhm / 2.3548) ** 2  # well below saturation in a frame
     phot = inside & iso & (flux_e > 3000) & (flux_e < sat_limit)
     r_ap = 2.5 * true_fwhm

@@ -7,8 +7,8 @@ the direction resampling needs (for every output pixel, where to read in the fra
 Matching: astroalign's triangle-invariant matching (with RANSAC) on the brightest stars gives a
 first transform; it is then refined by least squares on every star pair within a shrinking
 radius, with 3-sigma outlier rejection, so hundreds of stars (not a handful) set the final
-transform. Frames with few stars (narrowband) fall back to phase correlation for the first
-guess, followed by the same refinement.
+transform. Frames with few stars (narrowband) fall back to shift voting between star pairs and
+then to phase correlation for the first guess, followed by the same refinement.
 """
 
 from __future__ import annotations
@@ -89,6 +89,29 @@ def refine(ref_xy, src_xy, matrix, model="similarity", radii=(6.0, 3.0, 1.5, 1.0
     return matrix, pairs, float(np.sqrt(np.mean(np.sum(res**2, axis=1))))
 
 
+def _vote_shift(
+    ref_xy: np.ndarray, src_xy: np.ndarray, radius: float = 4.0, n: int = 40
+) -> np.ndarray | None:
+    """First guess for few-star frames: each (reference, source) star pair proposes a shift;
+    the shift (at 0° or 180°, for meridian flips) that brings most stars together wins."""
+    ref, src = ref_xy[:n], src_xy[:n]
+    if len(ref) < 2 or len(src) < 2:
+        return None
+    tree = cKDTree(src)
+    best, best_count = None, 1
+    for flip in (1.0, -1.0):
+        rot = ref * flip
+        shifts = (src[None, :, :] - rot[:, None, :]).reshape(-1, 2)
+        pred = rot[None, :, :] + shifts[:, None, :]
+        dist, _ = tree.query(pred.reshape(-1, 2), distance_upper_bound=radius)
+        counts = np.isfinite(dist).reshape(len(shifts), len(rot)).sum(axis=1)
+        k = int(np.argmax(counts))
+        if counts[k] > best_count:
+            best_count = int(counts[k])
+            best = np.array([[flip, 0.0, shifts[k, 0]], [0.0, flip, shifts[k, 1]]])
+    return best
+
+
 def _phase_shift(ref_img: np.ndarray, src_img: np.ndarray) -> np.ndarray:
     """Translation-only first guess from phase correlation of background-flattened images."""
     import cv2
@@ -131,6 +154,9 @@ def register(
         guesses.append((np.asarray(tf.params)[:2], "triangles"))
     except Exception:  # astroalign raises MaxIterError / ValueError when no triangle set agrees
         pass
+    vote = _vote_shift(ref_xy, src_xy)
+    if vote is not None:
+        guesses.append((vote, "votes"))
     if ref_image is not None and src_image is not None:
         guesses.append((_phase_shift(ref_image, src_image), "phase"))
     best = None
@@ -166,14 +192,33 @@ def warp(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], clamp: b
         out = cv2.warpAffine(plane, m, (nx, ny), flags=flags, borderMode=cv2.BORDER_REFLECT)
         if clamp:
             k = np.ones((3, 3), np.uint8)
-            lo = cv2.warpAffine(cv2.erode(plane, k), m, (nx, ny), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
-            hi = cv2.warpAffine(cv2.dilate(plane, k), m, (nx, ny), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+            lo = cv2.warpAffine(
+                cv2.erode(plane, k),
+                m,
+                (nx, ny),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REFLECT,
+            )
+            hi = cv2.warpAffine(
+                cv2.dilate(plane, k),
+                m,
+                (nx, ny),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REFLECT,
+            )
             np.clip(out, lo, hi, out=out)
         return out
 
     src_h, src_w = image.shape[-2:]
     ones = np.ones((src_h, src_w), np.float32)
-    cover = cv2.warpAffine(ones, m, (nx, ny), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    cover = cv2.warpAffine(
+        ones,
+        m,
+        (nx, ny),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     missing = cover < 0.999
     if image.ndim == 2:
         out = one(image)

@@ -36,7 +36,7 @@ FILTER_NAMES = {
 # Sky brightness (e-/s/px), star throughput relative to L, nebula emission (e-/s/px at peak).
 SKY = {"L": 5.0, "R": 1.7, "G": 1.7, "B": 1.6, "H": 0.15, "O": 0.15, "S": 0.12, "RGB": 1.7}
 NEBULA = {"L": 0.0, "R": 0.0, "G": 0.0, "B": 0.0, "H": 0.6, "O": 0.3, "S": 0.2, "RGB": 0.0}
-NB_STAR_THROUGHPUT = {"H": 0.006, "O": 0.004, "S": 0.003}
+NB_STAR_THROUGHPUT = {"H": 0.01, "O": 0.008, "S": 0.006}
 
 
 @dataclass
@@ -136,7 +136,7 @@ def _render_stars(img, xs, ys, fluxes, sigma):
     """Add pixel-integrated circular Gaussians (flux in e-) at (x, y), clipped to the image."""
     h, w = img.shape
     s2 = np.sqrt(2) * sigma
-    for x, y, f in zip(xs, ys, fluxes):
+    for x, y, f in zip(xs, ys, fluxes, strict=False):
         rad = int(np.ceil(sigma * (4 + max(0.0, np.log10(max(f, 1.0)) - 3))))
         x0, x1 = max(int(x) - rad, 0), min(int(x) + rad + 2, w)
         y0, y1 = max(int(y) - rad, 0), min(int(y) + rad + 2, h)
@@ -289,7 +289,9 @@ def make_night(out_dir: str | Path, spec: NightSpec) -> dict:
                 img = np.zeros((h, w))
                 for ch, name in enumerate("RGB"):
                     plane = np.zeros((h, w))
-                    _render_stars(plane, px[inside], py[inside], stars[name][inside] * exposure * transp, sigma)
+                    _render_stars(
+                        plane, px[inside], py[inside], stars[name][inside] * exposure * transp, sigma
+                    )
                     img[cmap == ch] = plane[cmap == ch]
                 sky_rgb = np.array([1.0, 1.1, 0.9]) * SKY["RGB"]
                 img += sky_rgb[cmap] * exposure * sky_scale * gradient
@@ -331,10 +333,16 @@ def make_night(out_dir: str | Path, spec: NightSpec) -> dict:
             img = dark * exposure
             _cosmics(rng, img, int(round(12 * exposure / 120 * h * w / 1024**2)))
             hdr = _header(spec, "Dark Frame", exposure, i, temp=-10.0 + rng.normal(0, 0.2))
-            write_fits(out / f"darks/Dark_{exposure:g}s_{i + 1:04d}.fits", _to_adu(rng, img, spec, bias, spec.dtype), hdr)
+            write_fits(
+                out / f"darks/Dark_{exposure:g}s_{i + 1:04d}.fits",
+                _to_adu(rng, img, spec, bias, spec.dtype),
+                hdr,
+            )
     for i in range(spec.n_bias):
         hdr = _header(spec, "Bias Frame", 0.0, i)
-        write_fits(out / f"bias/Bias_{i + 1:04d}.fits", _to_adu(rng, np.zeros((h, w)), spec, bias, spec.dtype), hdr)
+        write_fits(
+            out / f"bias/Bias_{i + 1:04d}.fits", _to_adu(rng, np.zeros((h, w)), spec, bias, spec.dtype), hdr
+        )
     flat_level = 25000.0
     for f in bands:
         ffilt = flat * (1.0 if f in ("L", "RGB") else rng.uniform(0.98, 1.02))
@@ -342,7 +350,9 @@ def make_night(out_dir: str | Path, spec: NightSpec) -> dict:
         for i in range(spec.n_flat):
             img = flat_level * ffilt * colour + dark * 2.0
             hdr = _header(spec, "Flat Field", 2.0, i, None if spec.osc else f)
-            write_fits(out / f"flats/{f}/Flat_{f}_{i + 1:04d}.fits", _to_adu(rng, img, spec, bias, spec.dtype), hdr)
+            write_fits(
+                out / f"flats/{f}/Flat_{f}_{i + 1:04d}.fits", _to_adu(rng, img, spec, bias, spec.dtype), hdr
+            )
 
     truth_dir = out / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
@@ -354,7 +364,7 @@ def make_night(out_dir: str | Path, spec: NightSpec) -> dict:
     cols = ["x", "y", "mag", "colour", "L", "R", "G", "B", "H", "O", "S"]
     with open(truth_dir / "stars.tsv", "w") as fh:
         fh.write("\t".join(cols) + "\n")
-        for row in zip(*(stars[c] for c in cols)):
+        for row in zip(*(stars[c] for c in cols), strict=False):
             fh.write("\t".join(f"{v:.6g}" for v in row) + "\n")
     with open(truth_dir / "truth.json", "w") as fh:
         json.dump(truth, fh, indent=1)
@@ -365,7 +375,9 @@ def _warp_sky(img, m):
     """Resample a sky-frame image into frame coordinates given sky->frame matrix ``m``."""
     import cv2
 
-    return cv2.warpAffine(img.astype(np.float32), m.astype(np.float64), img.shape[::-1], flags=cv2.INTER_LINEAR)
+    return cv2.warpAffine(
+        img.astype(np.float32), m.astype(np.float64), img.shape[::-1], flags=cv2.INTER_LINEAR
+    )
 
 
 def load_truth(night_dir: str | Path) -> dict:

@@ -6,13 +6,13 @@ rule master:
         master_inputs,
     output:
         out("{target}", "masters", "{name}.fits"),
+    log:
+        out("{target}", "logs", "master_{name}.log"),
     params:
         spec=lambda wc: PLAN[wc.target]["masters"][wc.name],
         masters_dir=lambda wc: out(wc.target, "masters"),
         cfg=section("calibration"),
         code=CODE,
-    log:
-        out("{target}", "logs", "master_{name}.log"),
     script:
         "../../scripts/master.py"
 
@@ -22,11 +22,11 @@ rule bad_pixel_map:
         unpack(lambda wc: bpm_sources(wc.target, wc.filter)),
     output:
         out("{target}", "masters", "BadPixelMap_{filter}.fits"),
+    log:
+        out("{target}", "logs", "bad_pixel_map_{filter}.log"),
     params:
         cfa=lambda wc: wc.filter == "RGB",
         cfg=section("cosmetic"),
         code=CODE,
-    log:
-        out("{target}", "logs", "bad_pixel_map_{filter}.log"),
     script:
         "../../scripts/bad_pixel_map.py"

@@ -11,7 +11,6 @@ from astroflow.classify import scan
 from astroflow.options import non_default, source_hash
 from astroflow.plan import PlanError, build_plan
 
-
 validate(config, "../schemas/config.schema.yaml")
 DEFAULTS = {}
 validate(DEFAULTS, "../schemas/config.schema.yaml")
@@ -23,7 +22,9 @@ OUT = Path(config["out"]).expanduser()
 if not DATA.is_dir():
     raise WorkflowError(f"data folder {DATA} does not exist")
 
-CLASSIFIED = scan(DATA, config["overrides"], str(config["osc"]).lower(), config["bayer_pattern"])
+CLASSIFIED = scan(
+    DATA, config["overrides"], str(config["osc"]).lower(), config["bayer_pattern"]
+)
 try:
     PLAN, TABLE = build_plan(CLASSIFIED, config)
 except PlanError as exc:
@@ -55,7 +56,9 @@ def all_outputs():
     for target, plan in PLAN.items():
         files.append(out(target, "frames.tsv"))
         files.append(out(target, "run", "config.yaml"))
-        files += [out(target, "integration", f"Integration_{f}.fits") for f in plan["filters"]]
+        files += [
+            out(target, "integration", f"Integration_{f}.fits") for f in plan["filters"]
+        ]
     return files
 
 
@@ -67,7 +70,12 @@ def master_inputs(wildcards):
 
 def bpm_sources(target, filt):
     """Master dark (of the filter's most common exposure) and master flat behind a bad-pixel map."""
-    rows = [r for c, rs in PLAN[target]["chunks"].items() if c.rsplit("_", 1)[0] == filt for r in rs]
+    rows = [
+        r
+        for c, rs in PLAN[target]["chunks"].items()
+        if c.rsplit("_", 1)[0] == filt
+        for r in rs
+    ]
     darks = [r["dark"] for r in rows if r.get("dark")]
     flats = [r["flat"] for r in rows if r.get("flat")]
     sources = {}
@@ -106,14 +114,18 @@ def calibrate_inputs(wildcards):
 
 
 def chunks_of(target, filt=None):
-    return [c for c in PLAN[target]["chunks"] if filt is None or chunk_filter(c) == filt]
+    return [
+        c for c in PLAN[target]["chunks"] if filt is None or chunk_filter(c) == filt
+    ]
 
 
 def target_table(target):
     """Rows of the classified table that belong in this target's frames.tsv."""
     t = TABLE
-    keep = (t["target"] == target) | (t["type"] != "light")
-    return t[keep]
+    unassigned = (
+        t["target"].fillna("").eq("")
+    )  # calibration frames and unreadable files
+    return t[(t["target"] == target) | unassigned]
 
 
 def section(*names):

@@ -3,35 +3,43 @@
 
 rule integrate:
     input:
-        lambda wc: [out(wc.target, "registered", c) for c in chunks_of(wc.target, wc.filter)],
+        lambda wc: [
+            out(wc.target, "registered", c) for c in chunks_of(wc.target, wc.filter)
+        ],
     output:
         image=out("{target}", "integration", "Integration_{filter}.fits"),
-        rejection_low=out("{target}", "integration", "Integration_{filter}_rejection_low.fits"),
-        rejection_high=out("{target}", "integration", "Integration_{filter}_rejection_high.fits"),
+        rejection_low=out(
+            "{target}", "integration", "Integration_{filter}_rejection_low.fits"
+        ),
+        rejection_high=out(
+            "{target}", "integration", "Integration_{filter}_rejection_high.fits"
+        ),
         coverage=out("{target}", "integration", "Integration_{filter}_coverage.fits"),
+    log:
+        out("{target}", "logs", "integrate_{filter}.log"),
+    resources:
+        mem_mb=lambda wc: int(config["integration"]["memory_mb"]) + 512,
     params:
         cfg=section("integration"),
         history=HISTORY,
         code=CODE,
-    resources:
-        mem_mb=lambda wc: int(config["integration"]["memory_mb"]) + 512,
-    log:
-        out("{target}", "logs", "integrate_{filter}.log"),
     script:
         "../../scripts/integrate.py"
 
 
 rule frames_table:
     input:
-        registered=lambda wc: [out(wc.target, "registered", c) for c in chunks_of(wc.target)],
+        registered=lambda wc: [
+            out(wc.target, "registered", c) for c in chunks_of(wc.target)
+        ],
         reference=out("{target}", "reference.json"),
     output:
         out("{target}", "frames.tsv"),
+    log:
+        out("{target}", "logs", "frames_table.log"),
     params:
         table=lambda wc: target_table(wc.target).reset_index().to_dict("list"),
         code=CODE,
-    log:
-        out("{target}", "logs", "frames_table.log"),
     script:
         "../../scripts/frames_table.py"
 
@@ -40,11 +48,11 @@ rule run_record:
     output:
         config=out("{target}", "run", "config.yaml"),
         versions=out("{target}", "run", "versions.tsv"),
+    log:
+        out("{target}", "logs", "run_record.log"),
     params:
         cfg=config,
         plan=lambda wc: PLAN[wc.target],
         code=CODE,
-    log:
-        out("{target}", "logs", "run_record.log"),
     script:
         "../../scripts/run_record.py"

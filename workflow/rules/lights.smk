@@ -7,13 +7,13 @@ rule calibrate:
         unpack(calibrate_inputs),
     output:
         directory(out("{target}", "calibrated", "{chunk}")),
+    log:
+        out("{target}", "logs", "calibrate_{chunk}.log"),
     params:
         rows=chunk_rows,
         masters_dir=lambda wc: out(wc.target, "masters"),
         cfg=section("cosmetic", "debayer", "registration"),
         code=CODE,
-    log:
-        out("{target}", "logs", "calibrate_{chunk}.log"),
     script:
         "../../scripts/calibrate.py"
 
@@ -23,10 +23,10 @@ rule reference:
         lambda wc: [out(wc.target, "calibrated", c) for c in chunks_of(wc.target)],
     output:
         out("{target}", "reference.json"),
-    params:
-        code=CODE,
     log:
         out("{target}", "logs", "reference.log"),
+    params:
+        code=CODE,
     script:
         "../../scripts/reference.py"
 
@@ -37,10 +37,10 @@ rule register:
         reference=out("{target}", "reference.json"),
     output:
         directory(out("{target}", "registered", "{chunk}")),
+    log:
+        out("{target}", "logs", "register_{chunk}.log"),
     params:
         cfg=section("registration"),
         code=CODE,
-    log:
-        out("{target}", "logs", "register_{chunk}.log"),
     script:
         "../../scripts/register.py"

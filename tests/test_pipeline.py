@@ -1,0 +1,203 @@
+"""End-to-end: run `snakemake` through its CLI on generated nights and check against the truth."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from conftest import run_snakemake
+
+from astroflow.quality import score
+from astroflow.synth import load_truth
+
+pytestmark = pytest.mark.pipeline
+
+
+def _affine(m):
+    return np.vstack([np.asarray(m, float), [0, 0, 1]])
+
+
+def registration_errors(frames: pd.DataFrame, truth: dict, shape) -> dict:
+    """RMS error (px) over the image of each registered frame's reference->frame transform."""
+    by_file = {Path(f["file"]).name: f for f in truth["frames"]}
+    ref = frames[frames["reference"]].iloc[0]
+    m_ref = _affine(by_file[Path(ref["path"]).name]["sky_to_frame"])
+    h, w = shape
+    yy, xx = np.mgrid[0:h:32, 0:w:32]
+    grid = np.column_stack([xx.ravel(), yy.ravel(), np.ones(xx.size)])
+    errors = {}
+    for _, row in frames[frames["type"].eq("light") & frames["accepted"]].iterrows():
+        est = np.array([float(v) for v in row["matrix"].split()]).reshape(2, 3)
+        true = (_affine(by_file[Path(row["path"]).name]["sky_to_frame"]) @ np.linalg.inv(m_ref))[:2]
+        d = grid @ est.T - grid @ true.T
+        errors[Path(row["path"]).name] = float(np.sqrt(np.mean(np.sum(d**2, axis=1))))
+    return errors
+
+
+def _frames(out, target="NGC_7000"):
+    return pd.read_csv(Path(out) / target / "frames.tsv", sep="\t")
+
+
+def test_mono_night_every_file_classified_and_registered(mono_night, mono_run):
+    out, _ = mono_run
+    frames = _frames(out)
+    kinds = frames["path"].map(lambda p: Path(p).relative_to(mono_night).parts[0])
+    expected = {"lights": "light", "darks": "dark", "flats": "flat", "bias": "bias"}
+    assert (frames["type"] == kinds.map(expected)).all()
+    lights = frames[frames["type"] == "light"]
+    assert len(lights) == 12 and lights["accepted"].all() and (lights["filter"] == "L").all()
+    assert (lights["dark"] == "AutoMasterDark_120s").all() and (lights["flat"] == "AutoMasterFlat_L").all()
+    errors = registration_errors(frames, load_truth(mono_night), (512, 512))
+    assert max(errors.values()) < 0.1, errors
+
+
+def test_mono_night_stack_quality_against_truth(mono_night, mono_run):
+    out, _ = mono_run
+    truth = load_truth(mono_night)
+    stack = fits.getdata(out / "NGC_7000/integration/Integration_L.fits")
+    single = fits.getdata(next((out / "NGC_7000/registered").glob("*/*_0001_r.fits")))
+    s = score(stack, truth, "L", single=single)
+    n = 12
+    assert s["noise_gain"] > 0.9 * np.sqrt(n), s
+    assert s["fwhm_ratio"] < 1.1, s
+    assert s["ellipticity"] < 0.05, s
+    assert abs(s["trail_residual"]) < 0.05, s  # satellite trails rejected
+    assert abs(s["cosmic_residual"]) < 0.05, s
+    assert abs(s["hot_residual"]) < 0.05, s
+    assert s["flatness"] < 0.002, s  # vignetting and dust donuts calibrated away
+    assert s["completeness"] > s["single_completeness"]
+
+
+def test_mono_night_products_and_headers(mono_night, mono_run):
+    out, _ = mono_run
+    integ = out / "NGC_7000/integration"
+    h = fits.getheader(integ / "Integration_L.fits")
+    assert h["NCOMBINE"] == 12 and h["EXPTOTAL"] == 12 * 120.0 and h["REJECT"] == "sigma"
+    assert h["IMAGETYP"] == "Master light" and 2.5 < h["FWHMMED"] < 4.0
+    assert "Using default processing options" in str(h["HISTORY"])
+    # the trail pixels appear in the high rejection map
+    truth = load_truth(mono_night)
+    assert any(f["trail"] for f in truth["frames"])
+    assert fits.getdata(integ / "Integration_L_rejection_high.fits").max() > 0
+    # the bad-pixel map holds the truly hot pixels
+    bpm = fits.getdata(out / "NGC_7000/masters/BadPixelMap_L.fits")
+    hot = np.load(mono_night / "truth/hot_pixels.npy") & (
+        np.load(mono_night / "truth/dark_current.npy") * 120 > 100
+    )
+    assert (bpm[hot] == 1).mean() > 0.9
+    for name in ("AutoMasterBias", "AutoMasterDark_120s", "AutoMasterFlat_L"):
+        assert (out / f"NGC_7000/masters/{name}.fits").exists()
+    assert (out / "NGC_7000/run/config.yaml").read_text().count("astroflow") >= 1
+
+
+def test_rerun_does_nothing(mono_night, mono_run):
+    out, _ = mono_run
+    proc = run_snakemake(mono_night, out)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_narrowband_with_few_stars_registers_every_frame(nb_night, tmp_path):
+    run_snakemake(nb_night, tmp_path)
+    frames = _frames(tmp_path)
+    lights = frames[frames["type"] == "light"]
+    assert len(lights) == 16
+    assert lights["stars"].median() < 25  # the point of this night: few stars
+    assert lights["accepted"].mean() >= 0.75, lights[["path", "reason"]]  # Siril: 1 of 10
+    assert lights.loc[~lights["accepted"], "reason"].str.contains("cannot register").all()
+    errors = registration_errors(frames, load_truth(nb_night), (384, 384))
+    assert np.median(list(errors.values())) < 0.15, errors
+    for f in ("H", "O"):
+        assert fits.getheader(tmp_path / f"NGC_7000/integration/Integration_{f}.fits")["NCOMBINE"] >= 6
+    # same result whatever --cores
+    run_snakemake(nb_night, tmp_path / "one", cores=1)
+    a = fits.getdata(tmp_path / "NGC_7000/integration/Integration_H.fits")
+    b = fits.getdata(tmp_path / "one/NGC_7000/integration/Integration_H.fits")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_osc_night_debayered_registered_and_colour_preserved(osc_night, tmp_path):
+    run_snakemake(osc_night, tmp_path)
+    frames = _frames(tmp_path)
+    lights = frames[frames["type"] == "light"]
+    assert (
+        lights["accepted"].all() and (lights["filter"] == "RGB").all() and (lights["bayer"] == "RGGB").all()
+    )
+    stack = fits.getdata(tmp_path / "NGC_7000/integration/Integration_RGB.fits")
+    assert stack.shape == (3, 320, 448)
+    truth = load_truth(osc_night)
+    errors = registration_errors(frames, truth, (320, 448))
+    assert np.median(list(errors.values())) < 0.1 and max(errors.values()) < 0.25, errors
+    # star colours: measured R/B flux ratio follows the truth colour
+    import sep
+
+    from astroflow.quality import sky_to_image
+
+    lum = stack.mean(axis=0)
+    m = sky_to_image(lum, truth, "G")
+    st = truth["stars"]
+    xy = np.column_stack([st["x"], st["y"]]) @ m[:, :2].T + m[:, 2]
+    sel = (st["G"] * 120 > 20000) & (xy[:, 0] > 15) & (xy[:, 0] < 433) & (xy[:, 1] > 15) & (xy[:, 1] < 305)
+    fr = [
+        sep.sum_circle(np.ascontiguousarray(p - np.median(p)), xy[sel, 0], xy[sel, 1], 6.0)[0] for p in stack
+    ]
+    measured = np.log(np.asarray(fr[0]) / np.asarray(fr[2]))
+    true_ratio = np.log(st["R"][sel] / st["B"][sel])
+    assert sel.sum() >= 5 and np.corrcoef(measured, true_ratio)[0, 1] > 0.9
+
+
+def _hashes(folder):
+    return {
+        p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()
+    }
+
+
+def test_bad_input_is_reported_and_the_night_still_processed(mono_night, tmp_path, copy_night):
+    night = copy_night(mono_night, tmp_path / "night")
+    lights = sorted((night / "lights/L").glob("*.fits"))
+    good = lights[0].read_bytes()
+    (night / "lights/L/truncated.fits").write_bytes(good[: len(good) // 3])
+    (night / "lights/L/notes.fits").write_text("observing log, not an image")
+    data, header = fits.getdata(lights[1]), fits.getheader(lights[1])
+    fits.PrimaryHDU(data[:256, :256], header).writeto(night / "lights/L/cropped.fits")
+    nan = data.astype(np.float32)
+    nan[100:140, :] = np.nan
+    fits.PrimaryHDU(nan, header).writeto(night / "lights/L/with_nans.fits")
+    blank = np.random.default_rng(0).normal(1000, 25, data.shape).astype(np.uint16)
+    fits.PrimaryHDU(blank, header).writeto(night / "lights/L/clouds.fits")
+    noexp = header.copy()
+    del noexp["EXPTIME"]
+    fits.PrimaryHDU(data, noexp).writeto(night / "lights/L/no_exptime.fits")
+    for i, src in enumerate(lights[2:4]):  # a filter with only two frames
+        h = fits.getheader(src)
+        h["FILTER"] = "Red"
+        fits.PrimaryHDU(fits.getdata(src), h).writeto(night / f"lights/red_{i}.fits")
+    before = _hashes(night)
+
+    out = tmp_path / "out"
+    run_snakemake(night, out)
+    frames = _frames(out).set_index(_frames(out)["path"].map(lambda p: Path(p).name))
+    expected = {
+        "truncated.fits": "truncated",
+        "notes.fits": "not a readable",
+        "cropped.fits": "differs",
+        "clouds.fits": "cannot register",
+        "no_exptime.fits": "EXPTIME",
+    }
+    for name, why in expected.items():
+        assert not frames.loc[name, "accepted"], name
+        assert why in frames.loc[name, "reason"], (name, frames.loc[name, "reason"])
+    assert frames.loc["with_nans.fits", "accepted"]
+    assert fits.getheader(out / "NGC_7000/integration/Integration_L.fits")["NCOMBINE"] == 13
+    assert fits.getheader(out / "NGC_7000/integration/Integration_R.fits")["NCOMBINE"] == 2
+    assert _hashes(night) == before  # inputs are never written to
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_snakemake(tmp_path / "empty", tmp_path / "out", check=False)
+    assert proc.returncode != 0
+    assert "no usable light frames" in proc.stdout + proc.stderr
