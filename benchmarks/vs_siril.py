@@ -123,7 +123,7 @@ def main() -> int:
         "Siril 1.0.6": score(stack_s, truth, "L", single=single_s),
     }
     rows = [
-        ("noise gain, binned 4×4 (√N = %.2f)" % np.sqrt(args.frames), "noise_gain", "higher"),
+        (f"noise gain, binned 4×4 (√N = {np.sqrt(args.frames):.2f})", "noise_gain", "higher"),
         ("stack FWHM ÷ true FWHM", "fwhm_ratio", "lower"),
         ("ellipticity", "ellipticity", "lower"),
         ("trail residual", "trail_residual", "|lower|"),
