@@ -8,6 +8,8 @@ rule master:
         out("{target}", "masters", "{name}.fits"),
     log:
         out("{target}", "logs", "master_{name}.log"),
+    conda:
+        "../../envs/astroflow.yaml"
     params:
         spec=lambda wc: PLAN[wc.target]["masters"][wc.name],
         masters_dir=lambda wc: out(wc.target, "masters"),
@@ -24,6 +26,8 @@ rule bad_pixel_map:
         out("{target}", "masters", "BadPixelMap_{filter}.fits"),
     log:
         out("{target}", "logs", "bad_pixel_map_{filter}.log"),
+    conda:
+        "../../envs/astroflow.yaml"
     params:
         cfa=lambda wc: wc.filter == "RGB",
         cfg=section("cosmetic"),

@@ -17,6 +17,8 @@ rule integrate:
         coverage=out("{target}", "integration", "Integration_{filter}_coverage.fits"),
     log:
         out("{target}", "logs", "integrate_{filter}.log"),
+    conda:
+        "../../envs/astroflow.yaml"
     resources:
         mem_mb=lambda wc: int(config["integration"]["memory_mb"]) + 512,
     params:
@@ -37,6 +39,8 @@ rule frames_table:
         out("{target}", "frames.tsv"),
     log:
         out("{target}", "logs", "frames_table.log"),
+    conda:
+        "../../envs/astroflow.yaml"
     params:
         table=lambda wc: target_table(wc.target).reset_index().to_dict("list"),
         code=CODE,
@@ -50,6 +54,8 @@ rule run_record:
         versions=out("{target}", "run", "versions.tsv"),
     log:
         out("{target}", "logs", "run_record.log"),
+    conda:
+        "../../envs/astroflow.yaml"
     params:
         cfg=config,
         plan=lambda wc: PLAN[wc.target],

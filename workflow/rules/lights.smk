@@ -9,6 +9,8 @@ rule calibrate:
         directory(out("{target}", "calibrated", "{chunk}")),
     log:
         out("{target}", "logs", "calibrate_{chunk}.log"),
+    conda:
+        "../../envs/astroflow.yaml"
     params:
         rows=chunk_rows,
         masters_dir=lambda wc: out(wc.target, "masters"),
@@ -25,6 +27,8 @@ rule reference:
         out("{target}", "reference.json"),
     log:
         out("{target}", "logs", "reference.log"),
+    conda:
+        "../../envs/astroflow.yaml"
     params:
         code=CODE,
     script:
@@ -39,6 +43,8 @@ rule register:
         directory(out("{target}", "registered", "{chunk}")),
     log:
         out("{target}", "logs", "register_{chunk}.log"),
+    conda:
+        "../../envs/astroflow.yaml"
     params:
         cfg=section("registration"),
         code=CODE,
