@@ -42,6 +42,16 @@ def _stem(path: str) -> str:
     return Path(path).stem
 
 
+def _read_tables(dirs: list[str], name: str) -> pd.DataFrame:
+    """Concatenate the ``name`` TSV of each chunk folder, with the folder in a ``dir`` column."""
+    tables = []
+    for d in dirs:
+        t = pd.read_csv(Path(d) / name, sep="\t")
+        t["dir"] = str(d)
+        tables.append(t)
+    return pd.concat(tables, ignore_index=True)
+
+
 def _write_tsv(df: pd.DataFrame, path: Path) -> None:
     from .io import atomic_path
 
@@ -57,20 +67,13 @@ def build_master(name: str, spec: dict, masters_dir: str | Path, out: str | Path
     """Integrate one master (``spec`` from the plan) and write it to ``out``."""
     masters_dir = Path(masters_dir)
     bias = dark = None
-    dark_exp = None
     with_ = spec.get("calibrate_with", {})
     if with_.get("bias"):
         bias = read_image(masters_dir / f"{with_['bias']}.fits")[0]
-    if with_.get("dark"):
-        dark, dh, _ = read_image(masters_dir / f"{with_['dark']}.fits")
-        dark_exp = None  # flat-darks match the flats' exposure: subtract as is
+    if with_.get("dark"):  # flat-darks share the flats' exposure: subtracted as is
+        dark = read_image(masters_dir / f"{with_['dark']}.fits")[0]
     data, header, notes = master(
-        spec["files"],
-        spec["kind"],
-        cfg["calibration"]["master_rejection"],
-        bias=bias,
-        dark=dark,
-        dark_exptime=dark_exp,
+        spec["files"], spec["kind"], cfg["calibration"]["master_rejection"], bias=bias, dark=dark
     )
     for note in notes:
         log.warning("%s: %s", name, note)
@@ -98,7 +101,7 @@ def bad_pixel_map(dark_path, flat_path, out, cfg: dict, cfa: bool) -> None:
 # Calibration + measurement of a chunk of lights
 
 
-def _saturation_level(header, raw: np.ndarray) -> float:
+def _saturation_level(header) -> float:
     for key in ("SATURATE", "DATAMAX"):
         if header.get(key):
             return float(header[key]) * 0.98
@@ -135,7 +138,7 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
             nan_frac = float(np.mean(~np.isfinite(raw)))
             if nan_frac > 0.5:
                 raise FrameError(f"{row['path']}: {nan_frac:.0%} of pixels are NaN")
-            saturated = raw >= _saturation_level(header, raw)
+            saturated = raw >= _saturation_level(header)
             bias = load(row["bias"])[0] if row.get("bias") else None
             dark = None
             if row.get("dark"):
@@ -212,12 +215,7 @@ def choose_reference(calibrated_dirs: list[str], out: str | Path) -> dict:
     at least 90 % of the best star count, the best AutoIntegrate 'Generic' weight (FWHM,
     eccentricity, SNR). Writes ``reference.json``.
     """
-    tables = []
-    for d in calibrated_dirs:
-        t = pd.read_csv(Path(d) / "measure.tsv", sep="\t")
-        t["dir"] = str(d)
-        tables.append(t)
-    df = pd.concat(tables, ignore_index=True)
+    df = _read_tables(calibrated_dirs, "measure.tsv")
     ok = df[(df["status"] == "ok") & (df["stars"] >= 3)].copy()
     if ok.empty:
         raise RuntimeError("no calibrated light has 3 or more stars: nothing can be registered")
@@ -321,12 +319,7 @@ def integrate_filter(
     registered_dirs: list[str], filt: str, outputs: dict, cfg: dict, history: list[str]
 ) -> dict:
     """Integrate all registered frames of one filter; write image, rejection and coverage maps."""
-    tables = []
-    for d in registered_dirs:
-        t = pd.read_csv(Path(d) / "registration.tsv", sep="\t")
-        t["dir"] = str(d)
-        tables.append(t)
-    df = pd.concat(tables, ignore_index=True)
+    df = _read_tables(registered_dirs, "registration.tsv")
     ok = df[df["reg_status"] == "ok"].sort_values("path").reset_index(drop=True)
     if ok.empty:
         raise RuntimeError(f"filter {filt}: no frame could be calibrated and registered (see frames.tsv)")
