@@ -25,7 +25,6 @@ def master(
     rejection: str = "auto",
     bias: np.ndarray | None = None,
     dark: np.ndarray | None = None,
-    dark_exptime: float | None = None,
 ):
     """Build a master of ``kind`` (bias, dark, flatdark, flat) from the given files.
 
@@ -44,11 +43,8 @@ def master(
             continue
         if bias is not None:
             data = data - bias
-        if dark is not None:
-            k = 1.0
-            if dark_exptime:
-                k = float(header.get("EXPTIME", dark_exptime)) / dark_exptime
-            data = data - dark * np.float32(k)
+        if dark is not None:  # flat-darks share the flats' exposure
+            data = data - dark
         frames.append(data.astype(np.float32))
         headers.append(header)
     if not frames:

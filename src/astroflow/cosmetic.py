@@ -14,6 +14,8 @@ Repair replaces a bad pixel by the median of the good pixels in its 5×5 (same-c
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import ndimage
 
@@ -113,12 +115,9 @@ def correct(image: np.ndarray, bad: np.ndarray, cfa: bool = False) -> np.ndarray
         v[ok] = out[yy[ok], xx[ok]]
         v[ok & bad[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]] = np.nan
         vals[k] = v
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            rep = np.nanmedian(vals, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods fall back below
+        rep = np.nanmedian(vals, axis=0)
     fallback = float(np.nanmedian(out)) if np.isfinite(out).any() else 0.0
     out[ys, xs] = np.where(np.isfinite(rep), rep, fallback)
     return out

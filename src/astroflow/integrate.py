@@ -222,7 +222,7 @@ def _normalise(band: np.ndarray, norms: list[FrameNorm], ref: FrameNorm, mode: s
     return band
 
 
-def band_rows(n_frames: int, width: int, memory_mb: float, channels: int = 1) -> int:
+def band_rows(n_frames: int, width: int, memory_mb: float) -> int:
     """Rows per band so the working set (about 10 float32 copies of the band) fits memory_mb."""
     per_row = n_frames * width * 4 * 10
     return max(1, min(4096, int(memory_mb * 2**20 / per_row)))
@@ -255,7 +255,7 @@ def integrate(
     rej_hi = np.zeros((channels, ny, nx), np.float32)
     coverage = np.zeros((ny, nx), np.float32)
     weights = np.array([nm.weight for nm in norms], np.float64)
-    rows = band_rows(n, nx, memory_mb, channels)
+    rows = band_rows(n, nx, memory_mb)
     for y0 in range(0, ny, rows):
         y1 = min(ny, y0 + rows)
         for c in range(channels):

@@ -129,7 +129,14 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
     cc, det = cfg["cosmetic"], cfg["registration"]
     records, stars_out = [], {}
     for row in rows:
-        rec = {"index": row["index"], "path": row["path"], "file": "", "status": "excluded", "reason": ""}
+        rec = {
+            "index": row["index"],
+            "path": row["path"],
+            "exptime": row["exptime"],
+            "file": "",
+            "status": "excluded",
+            "reason": "",
+        }
         t0 = time.perf_counter()
         try:
             raw, header, _ = read_image(row["path"])
@@ -326,9 +333,9 @@ def integrate_filter(
     ic = cfg["integration"]
     n = len(ok)
     channels = sum(1 for c in range(3) if f"scale_{c}" in ok and ok[f"scale_{c}"].notna().all())
-    noise = np.array([[r[f"noise_{c}"] for c in range(channels)] for _, r in ok.iterrows()], float)
-    scale = np.array([[r[f"scale_{c}"] for c in range(channels)] for _, r in ok.iterrows()], float)
-    loc = np.array([[r[f"background_{c}"] for c in range(channels)] for _, r in ok.iterrows()], float)
+    noise, scale, loc = (
+        ok[[f"{k}_{c}" for c in range(channels)]].to_numpy(float) for k in ("noise", "scale", "background")
+    )
     # noise weights on the normalised scale: w = 1 / (noise * s_ref / s_i)^2, up to a constant
     if ic["weights"] == "noise":
         w = 1.0 / np.mean((noise / scale) ** 2, axis=1)
@@ -372,7 +379,7 @@ def integrate_filter(
             h[key] = head[key]
     h["IMAGETYP"] = "Master light"
     h["FILTER"] = filt
-    exps = ok["path"].map(lambda p: fits_header_exptime(p))
+    exps = ok["exptime"].astype(float)
     h["EXPTIME"] = (float(np.median(exps)), "[s] single-frame exposure (median)")
     h["EXPTOTAL"] = (float(np.sum(exps)), "[s] total integrated exposure")
     h["NCOMBINE"] = (n, "frames integrated")
@@ -396,15 +403,6 @@ def integrate_filter(
     return {"frames": n, "rejection": method, "reference": ok.loc[ref, "path"]}
 
 
-def fits_header_exptime(path: str) -> float:
-    from .io import read_header
-
-    try:
-        return float(read_header(path).get("EXPTIME", 0) or 0)
-    except FrameError:
-        return 0.0
-
-
 # ---------------------------------------------------------------------------------------------
 # The frame table
 
@@ -416,7 +414,7 @@ def frame_table(classified: pd.DataFrame, registered_dirs: list[str], reference_
     the first problem met.
     """
     tables = [pd.read_csv(Path(d) / "registration.tsv", sep="\t") for d in registered_dirs]
-    done = pd.concat(tables, ignore_index=True).drop(columns=["path"])
+    done = pd.concat(tables, ignore_index=True).drop(columns=["path", "exptime"])
     done = done.rename(columns={"reason": "calibration_reason", "file": "calibrated"})
     table = classified.rename_axis(None).copy()
     table["index"] = table.index
