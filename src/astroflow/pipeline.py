@@ -293,7 +293,7 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
                     raise register.RegistrationError(
                         f"star residual {reg.rms:.2f} px exceeds max_rms {rc['max_rms']} px"
                     )
-            out = register.warp(img, reg.matrix, shape, clamp=rc["clamping"])
+            out = register.warp(img, reg.matrix, shape, rc["clamping"], rc["interpolation"])
             name = row["file"].replace("_c.fits", "_r.fits")
             header["HISTORY"] = f"registered to {Path(ref['path']).name} ({reg.method}, {reg.matches} stars)"
             write_fits(out_dir / name, out, header)

@@ -175,16 +175,31 @@ def register(
     return best
 
 
-def warp(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], clamp: bool = True) -> np.ndarray:
+INTERPOLATIONS = ("lanczos4", "cubic", "linear")
+
+
+def warp(
+    image: np.ndarray,
+    matrix: np.ndarray,
+    shape: tuple[int, int],
+    clamp: bool = True,
+    interpolation: str = "lanczos4",
+) -> np.ndarray:
     """Resample ``image`` (mono or (3, ny, nx)) onto the reference grid ``shape`` = (ny, nx).
 
-    Lanczos-4 interpolation (OpenCV), clamped to the 3×3 neighbourhood's min/max of the source so
-    dark rings do not appear around stars. Pixels not fully covered by the frame are NaN.
+    ``lanczos4`` (OpenCV, default) keeps stars sharpest and pixel noise uncorrelated; ``cubic``
+    and ``linear`` smooth: lower noise, wider stars (on the benchmark night ``linear`` cuts the
+    4×4-binned noise of a frame by ~8 % and widens stars by ~5 %). Clamping limits the result to
+    the 3×3 neighbourhood's min/max of the source so dark rings do not appear around stars.
+    Pixels not fully covered by the frame are NaN.
     """
     import cv2
 
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {INTERPOLATIONS}")
     ny, nx = shape
-    flags = cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP
+    kernel = {"lanczos4": cv2.INTER_LANCZOS4, "cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR}
+    flags = kernel[interpolation] | cv2.WARP_INVERSE_MAP
     m = np.asarray(matrix, np.float64)
 
     def one(plane):
