@@ -25,6 +25,7 @@ $(SAMPLE)/truth/truth.json: | $(VENV)/.installed
 demo: $(VENV)/.installed $(SAMPLE)/truth/truth.json
 	$(BIN)/snakemake --cores $(CORES) --config data=$(SAMPLE) out=$(RESULTS)
 	@echo
+	@echo "Final images:  $$(ls $(RESULTS)/*/final/*/*.png | tr '\n' ' ')"
 	@echo "Integrations:  $$(ls $(RESULTS)/*/integration/Integration_?.fits | tr '\n' ' ')"
 	@echo "Frame table:   $$(ls $(RESULTS)/*/frames.tsv)"
 	@echo "Masters:       $$(ls -d $(RESULTS)/*/masters)"

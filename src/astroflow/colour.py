@@ -45,7 +45,7 @@ def neutralize_background(rgb: np.ndarray, samples_per_row: int = 16) -> tuple[n
 def star_colours(rgb: np.ndarray, max_stars: int = 300) -> np.ndarray:
     """``(n, 3)`` background-subtracted aperture fluxes of unsaturated, isolated stars."""
     lum = rgb.mean(axis=0)
-    stars = detect_stars(lum, 5.0)
+    stars = detect_stars(lum, 3.0)
     if len(stars) == 0:
         return np.zeros((0, 3))
     sat = np.nanmax(rgb) * 0.9
@@ -67,7 +67,7 @@ def star_colours(rgb: np.ndarray, max_stars: int = 300) -> np.ndarray:
 
 
 def calibrate_by_stars(
-    rgb: np.ndarray, white_reference=(1.0, 1.0, 1.0), min_stars: int = 10
+    rgb: np.ndarray, white_reference=(1.0, 1.0, 1.0), min_stars: int = 5
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scale channels so the median star has colour ``white_reference``; returns (image, gains).
 

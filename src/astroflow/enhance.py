@@ -91,27 +91,44 @@ def sharpen(image: np.ndarray, bias=SHARPEN_BIAS, use_mask: bool = True) -> np.n
     return (res[0] if mono else res).astype(np.float32)
 
 
-def scnr(rgb: np.ndarray, amount: float = 1.0) -> np.ndarray:
-    """SCNR 'average neutral': green limited to the mean of red and blue, blended by ``amount``."""
+def scnr(rgb: np.ndarray, amount: float = 1.0, scale: float = 2.0) -> np.ndarray:
+    """SCNR 'average neutral': remove green above the mean of red and blue, blended by ``amount``.
+
+    The excess is measured on images smoothed by a Gaussian of ``scale`` px, so pixel noise in a
+    neutral background is not taken for green (which would darken the green channel there).
+    """
     out = np.array(rgb, np.float32, copy=True)
-    g = np.minimum(out[1], (out[0] + out[2]) / 2)
-    out[1] = (1 - amount) * out[1] + amount * g
+    r, g, b = (ndimage.gaussian_filter(c, scale) if scale > 0 else c for c in out)
+    excess = np.maximum(g - (r + b) / 2, 0)
+    out[1] = np.clip(out[1] - amount * excess, 0, 1)
     return out
 
 
 _S_CURVE = ((0.0, 0.0), (0.68734, 0.83204), (1.0, 1.0))
 
 
-def saturation(rgb: np.ndarray, steps: int = 1) -> np.ndarray:
-    """AutoIntegrate's saturation curve (0,0)-(0.687,0.832)-(1,1) on HSV saturation, ``steps`` times."""
-    if steps <= 0:
-        return np.asarray(rgb, np.float32)
-    import cv2
+def saturation(rgb: np.ndarray, steps: int = 1, chroma_blur: float = 1.5) -> np.ndarray:
+    """AutoIntegrate's saturation curve (0,0)-(0.687,0.832)-(1,1), on CIE L*a*b* chroma.
+
+    Lightness is untouched and the boost is masked by signal above the background (as
+    AutoIntegrate's masked saturation), so the background keeps its level and neutrality;
+    chroma is first smoothed by ``chroma_blur`` px (chrominance noise reduction, like ACDNR's).
+    """
     from scipy.interpolate import PchipInterpolator
 
-    curve = PchipInterpolator(*zip(*_S_CURVE, strict=True))
-    hsv = cv2.cvtColor(np.clip(np.moveaxis(rgb, 0, -1), 0, 1).astype(np.float32), cv2.COLOR_RGB2HSV)
-    for _ in range(steps):
-        hsv[..., 1] = curve(hsv[..., 1])
-    out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return np.clip(np.moveaxis(out, -1, 0), 0, 1).astype(np.float32)
+    from .combine import from_lab, smooth_chroma, to_lab
+
+    lab = to_lab(smooth_chroma(rgb, chroma_blur))
+    if steps > 0:
+        curve = PchipInterpolator(*zip(*_S_CURVE, strict=True))
+        chroma = np.hypot(lab[..., 1], lab[..., 2])
+        c = np.clip(chroma / 128, 0, 1)
+        for _ in range(steps):
+            c = curve(c)
+        scale = np.where(chroma > 1e-6, 128 * c / np.maximum(chroma, 1e-6), 1)
+        lum = ndimage.gaussian_filter(np.asarray(rgb, np.float32).mean(axis=0), 2)
+        bg = float(np.median(lum))
+        noise = 1.4826 * float(np.median(np.abs(lum - bg)))
+        mask = np.clip((lum - bg - 3 * noise) / 0.2, 0, 1)
+        lab[..., 1:] *= (1 + mask * (scale - 1))[..., None].astype(np.float32)
+    return from_lab(lab)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -184,6 +185,21 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def add_history(header: fits.Header, options: list[str]) -> fits.Header:
+    """AutoIntegrate-style HISTORY: version, processing date (UTC), then each non-default option."""
+    from . import __version__
+
+    header["HISTORY"] = f"astroflow {__version__}"
+    header["HISTORY"] = f"Processing date {time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}"
+    if options:
+        header["HISTORY"] = "Processing options:"
+        for line in options:
+            header["HISTORY"] = line[:70]
+    else:
+        header["HISTORY"] = "Using default processing options"
+    return header
+
+
 def write_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None):
     """Write ``data`` (float32 unless integer) as a primary-HDU FITS file, atomically.
 
@@ -207,11 +223,13 @@ def write_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Header | 
         hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
 
 
-def write_xisf(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None):
-    """Write float32 ADU data as a normalised [0, 1] XISF image (PixInsight's convention)."""
+def write_xisf(
+    path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None, normalised: bool = False
+):
+    """Write float32 data as a [0, 1] XISF image (PixInsight's convention); ADU unless ``normalised``."""
     from xisf import XISF
 
-    img = np.asarray(data, dtype=np.float32) / np.float32(ADU_FULL_SCALE)
+    img = np.asarray(data, dtype=np.float32) / np.float32(1.0 if normalised else ADU_FULL_SCALE)
     img = img[..., None] if img.ndim == 2 else np.moveaxis(img, 0, -1)
     keywords = {}
     for card in (header or fits.Header()).cards:

@@ -20,7 +20,7 @@ from astropy.io import fits
 from . import __version__, cosmetic, integrate, measure, register
 from .calibrate import calibrate_light, master
 from .debayer import debayer, effective_pattern
-from .io import FrameError, fits_data_memmap, read_image, write_fits
+from .io import FrameError, add_history, fits_data_memmap, read_image, write_fits
 
 log = logging.getLogger("astroflow")
 
@@ -388,14 +388,7 @@ def integrate_filter(
     h["NORMALIZ"] = (ic["normalization"], "normalisation")
     h["WEIGHTS"] = (ic["weights"], "frame weighting")
     h["REFFRAME"] = (Path(ok.loc[ref, "path"]).name[:68], "normalisation reference")
-    h["HISTORY"] = f"astroflow {__version__}"
-    h["HISTORY"] = f"Processing date {time.strftime('%Y-%m-%dT%H:%M:%S')}"
-    if history:
-        h["HISTORY"] = "Processing options:"
-        for line in history:
-            h["HISTORY"] = line[:70]
-    else:
-        h["HISTORY"] = "Using default processing options"
+    add_history(h, history)
     write_fits(outputs["image"], image, h)
     write_fits(outputs["rejection_low"], rej_lo, h)
     write_fits(outputs["rejection_high"], rej_hi, h)
@@ -459,6 +452,7 @@ def run_record(cfg: dict, plan: dict, code: str, config_out, versions_out) -> No
         "opencv-python-headless",
         "bottleneck",
         "xisf",
+        "tifffile",
         "pandas",
         "snakemake",
     ):

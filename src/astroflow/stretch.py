@@ -5,8 +5,9 @@ at its minimum, white at its maximum). Colour images are ``(3, ny, nx)``. Every 
 values in [0, 1].
 
 * ``auto_stf``: PixInsight's ScreenTransferFunction auto stretch made permanent: shadows clipped
-  at ``median + shadows_clip * 1.4826 MAD`` (``shadows_clip`` = -2.8), midtones chosen so the
-  median lands on ``target`` (0.25); ``linked`` uses one transform for all channels.
+  at ``median + shadows_clip * 1.4826 MAD`` (``shadows_clip`` = -2.8; never more than 0.02 % of
+  the pixels, leaving room for later steps within 0.1 %), midtones chosen so the median lands on ``target`` (0.25); ``linked`` shares the
+  shadows point (the lowest of the channels') and keeps backgrounds neutral.
 * ``histogram``: midtones found by bisection so the median lands on ``target``.
 * ``arcsinh``: ``asinh(f x) / asinh(f)`` in ``iterations`` steps of ``f = factor**(1/iterations)``
   after a black point (never above the sky's noise floor), then a histogram stretch to ``target``.
@@ -63,16 +64,33 @@ def midtones_for(median: float, target: float) -> float:
 
 
 def auto_stf(
-    image: np.ndarray, target: float = 0.25, shadows_clip: float = -2.8, linked: bool = True
+    image: np.ndarray,
+    target: float = 0.25,
+    shadows_clip: float = -2.8,
+    linked: bool = True,
+    max_clip: float = 0.001,
 ) -> np.ndarray:
-    """AutoSTF applied as a histogram transformation (see module doc)."""
+    """AutoSTF applied as a histogram transformation (see module doc).
+
+    The shadows point never clips more than ``max_clip`` of a channel's pixels to black (after
+    noise reduction the -2.8 MAD point can sit inside the noise).
+    """
     planes = image[None] if image.ndim == 2 else image
-    stats = [_stats(p) for p in planes]
+    stats = []
+    for p in planes:
+        med, mad = _stats(p)
+        floor = float(np.quantile(p.ravel()[:: max(1, p.size // 1_000_000)], max_clip))
+        stats.append((med, max(mad, (med - floor) / -shadows_clip) if shadows_clip < 0 else mad))
     if linked:
-        c0 = float(np.clip(np.mean([med + shadows_clip * mad for med, mad in stats]), 0, 1))
-        med = float(np.mean([s[0] for s in stats]))
-        m = midtones_for((med - c0) / (1 - c0), target)
-        out = np.stack([histogram_transform(p, c0, m) for p in planes])
+        # one shadows point; midtones per channel so each channel's background lands on the target
+        # (linked STF would leave a 0.1 % linear background mismatch as a ~1 % colour cast)
+        c0 = float(np.clip(min(med + shadows_clip * mad for med, mad in stats), 0, 1))
+        out = np.stack(
+            [
+                histogram_transform(p, c0, midtones_for((med - c0) / (1 - c0), target))
+                for p, (med, _) in zip(planes, stats, strict=True)
+            ]
+        )
     else:
         outs = []
         for p, (med, mad) in zip(planes, stats, strict=True):
@@ -174,6 +192,19 @@ def _ghs(x, D, b, sp):
 
     lo, hi = t(0.0 - sp), t(1.0 - sp)
     return np.clip((t(np.asarray(x, np.float64) - sp) - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def match_background(image: np.ndarray, target: float, levels) -> np.ndarray:
+    """Per-channel midtones moving each background ``levels[c]`` exactly to ``target``.
+
+    Run last on a stretched image: non-linear steps (saturation, LRGB, SCNR) shift backgrounds
+    by a percent or so; this puts them back, neutral and at the configured level.
+    """
+    planes = image[None] if image.ndim == 2 else image
+    out = np.stack(
+        [mtf(midtones_for(float(lv), target), p) for p, lv in zip(planes, np.atleast_1d(levels), strict=True)]
+    )
+    return out[0] if image.ndim == 2 else out
 
 
 def apply(image: np.ndarray, method: str, cfg: dict, linked: bool = True) -> np.ndarray:

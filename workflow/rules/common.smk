@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 from astroflow import __version__
 from astroflow.classify import scan
+from astroflow.finish import output_files, products
 from astroflow.options import non_default, source_hash
 from astroflow.plan import PlanError, build_plan
 
@@ -130,3 +131,44 @@ def target_table(target):
 
 def section(*names):
     return {n: copy.deepcopy(config[n]) for n in names}
+
+
+# ---- finished images ----
+PRODUCTS = {}
+for _target, _plan in PLAN.items():
+    PRODUCTS[_target], _problems = products(_plan["filters"], config)
+    for _p in _problems:
+        logger.error(f"{_target}: {_p} (left out; the other images are made)")
+FINAL_FILES = output_files(config)
+
+
+wildcard_constraints:
+    product="Auto[A-Za-z0-9_-]*",
+
+
+def integration(target, filt, suffix=""):
+    return out(target, "integration", f"Integration_{filt}{suffix}.fits")
+
+
+def channel_file(target, filt):
+    """The channel a final image starts from: a user's edit in OUT/<target>/edits/ wins
+    (AutoContinue), else the gradient-corrected or the cropped integration."""
+    edited = Path(out(target, "edits", f"Integration_{filt}.fits"))
+    if edited.exists():
+        return str(edited)
+    stage = "_GC" if config["gradient"]["enabled"] else "_map"
+    return out(target, "processed", f"Integration_{filt}{stage}.fits")
+
+
+def final_files(target, product):
+    return [
+        out(target, "final", product, f"{product}{suffix}")
+        for suffix in FINAL_FILES.values()
+    ]
+
+
+def final_inputs(wc):
+    return {
+        f: channel_file(wc.target, f)
+        for f in PRODUCTS[wc.target][wc.product]["channels"]
+    }

@@ -1,0 +1,8 @@
+"""Snakemake adapter: the common-area rectangle of a target's integrations."""
+
+from astroflow.finish import crop_area
+from astroflow.pipeline import setup_logging
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+setup_logging(sm.log[0])
+crop_area(list(sm.input), sm.output[0], sm.params.cfg)

@@ -1,0 +1,8 @@
+"""Snakemake adapter: crop one integration to the target's common area."""
+
+from astroflow.finish import crop_channel
+from astroflow.pipeline import setup_logging
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+setup_logging(sm.log[0])
+crop_channel(sm.input.image, sm.input.info, sm.output[0])

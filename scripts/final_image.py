@@ -1,0 +1,15 @@
+"""Snakemake adapter: one final image (AutoLRGB, AutoRGB, AutoMono or Auto_<palette>)."""
+
+from astroflow.finish import make_product
+from astroflow.pipeline import setup_logging
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+setup_logging(sm.log[0])
+make_product(
+    sm.wildcards.product,
+    sm.params.spec,
+    dict(sm.input.items()),
+    dict(sm.output.items()),
+    sm.params.cfg,
+    sm.params.history,
+)

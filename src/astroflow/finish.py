@@ -1,0 +1,341 @@
+"""From per-filter integrations to finished images (AutoIntegrate's post-integration workflows).
+
+Steps, each a file so Snakemake can reuse or resume from it:
+
+1. ``crop_area`` / ``crop_channel``: one common-area rectangle for all integrations of a target
+   (``processed/crop.json``), applied to each → ``processed/Integration_<F>_map.fits``.
+2. ``gradient_channel``: background model and correction per channel →
+   ``processed/Integration_<F>_GC.fits`` and ``processed/AutoBackgroundModel_<F>.fits``.
+3. ``make_product``: one final image — ``AutoLRGB``, ``AutoRGB``, ``AutoMono`` or
+   ``Auto_<palette>`` — from the channel files: linear fit, combination, background
+   neutralization and colour calibration, linear noise reduction, stretch, saturation, LRGB
+   lightness replacement, SCNR, sharpening, optional star removal/reduction; written as 32-bit
+   FITS (stretched, and ``_linear`` where meaningful), XISF, 16-bit TIFF, PNG and JPEG.
+
+Linear channel images are ADU (65535 = full scale) until ``make_product`` maps them to [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from . import background, colour, combine, crop, enhance, palettes, stars, stretch
+from .io import ADU_FULL_SCALE, add_history, atomic_path, read_image, write_fits, write_xisf
+
+log = logging.getLogger("astroflow")
+
+RGB_FILTERS = ("R", "G", "B")
+NARROWBAND = ("H", "S", "O")
+WCS_KEYS = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CD1_", "CD2_", "PC1_", "PC2_", "CUNIT", "CROTA")
+WCS_SCALARS = ("EQUINOX", "RADESYS", "LONPOLE", "LATPOLE", "WCSAXES")
+
+
+# ---------------------------------------------------------------------------------------------
+# What to make
+
+
+def products(filters: list[str], cfg: dict) -> tuple[dict[str, dict], list[str]]:
+    """Final images for a target with integrations of ``filters``: (name -> spec, problems).
+
+    A spec has ``kind`` (lrgb, rgb, osc, mono, palette), ``channels`` (integrations used) and,
+    for palettes, ``palette``. A palette that cannot be made (unknown name, missing channel, bad
+    custom expression) is left out and described in ``problems``; the others still are made.
+    """
+    f = set(filters)
+    out: dict[str, dict] = {}
+    problems: list[str] = []
+    if "RGB" in f:
+        out["AutoRGB"] = {"kind": "osc", "channels": ["RGB"]}
+    elif set(RGB_FILTERS) <= f:
+        if "L" in f:
+            out["AutoLRGB"] = {"kind": "lrgb", "channels": ["L", "R", "G", "B"]}
+        else:
+            out["AutoRGB"] = {"kind": "rgb", "channels": ["R", "G", "B"]}
+    nb = cfg["narrowband"]
+    mono_channels = f - {"RGB"}
+    custom = {}
+    for name, spec in nb["custom"].items():
+        try:
+            palettes.resolve([], mono_channels, {name: spec})
+            custom[name] = spec
+        except palettes.ExpressionError as e:
+            problems.append(str(e))
+    selection = nb["palettes"]
+    wanted = (
+        palettes.resolve(selection, mono_channels, custom)
+        if selection in ("auto", "all")
+        else [p for name in selection for p in _try_palette(name, mono_channels, custom, problems)]
+    )
+    if f & set(NARROWBAND):
+        for p in wanted:
+            out[f"Auto_{p.name}"] = {"kind": "palette", "palette": p.name, "channels": sorted(p.channels())}
+    if not out:
+        best = "L" if "L" in f else sorted(mono_channels or f)[0]
+        out["AutoMono"] = {"kind": "mono", "channels": [best]}
+    return out, problems
+
+
+def _try_palette(name, channels, custom, problems):
+    try:
+        return palettes.resolve([name], channels, custom)
+    except palettes.ExpressionError as e:
+        problems.append(str(e))
+        return []
+
+
+def output_files(cfg: dict) -> dict[str, str]:
+    """Suffixes of a final image's files by role (the same for every product of a run)."""
+    files = {"fits": ".fits", "linear": "_linear.fits"}
+    ext = {"xisf": ".xisf", "tiff": ".tif", "png": ".png", "jpeg": ".jpg"}
+    files.update({fmt: ext[fmt] for fmt in cfg["output"]["formats"] if fmt != "fits"})
+    if cfg["stars"]["remove"]:
+        files["starless"] = "_starless.fits"
+        files["stars"] = "_stars.fits"
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Channel steps
+
+
+def crop_area(coverages: list[str], info_out, cfg: dict) -> tuple[int, int, int, int]:
+    """One common-area rectangle for all integrations of a target (the whole image when disabled)."""
+    covs = [read_image(p)[0] for p in coverages]
+    shapes = {c.shape for c in covs}
+    if len(shapes) > 1:
+        raise ValueError(f"integrations of one target differ in size ({', '.join(coverages)})")
+    ny, nx = covs[0].shape
+    rect = (
+        crop.common_area(covs, cfg["crop"]["tolerance_frames"]) if cfg["crop"]["enabled"] else (0, ny, 0, nx)
+    )
+    with atomic_path(info_out) as tmp:
+        Path(tmp).write_text(
+            json.dumps({"enabled": cfg["crop"]["enabled"], "y0_y1_x0_x1": list(rect), "from": [ny, nx]})
+        )
+    log.info("common area y %d:%d x %d:%d of %d×%d", *rect, nx, ny)
+    return rect
+
+
+def crop_channel(image_path, info_path, image_out):
+    """Apply the target's rectangle to one integration (WCS reference pixel shifted with it)."""
+    info = json.loads(Path(info_path).read_text())
+    rect = tuple(info["y0_y1_x0_x1"])
+    img, header, _ = read_image(image_path)
+    if list(img.shape[-2:]) != info["from"]:
+        raise ValueError(
+            f"{image_path}: size {img.shape[-1]}×{img.shape[-2]} differs from the target's other integrations"
+        )
+    h = header.copy()
+    h["AUTOCROP"] = (bool(info["enabled"]), "cropped to the common area")
+    h["CROPRECT"] = (",".join(map(str, rect)), "y0,y1,x0,x1 in the integration (0-based, end excl.)")
+    _shift_wcs(h, rect[0], rect[2])
+    write_fits(image_out, crop.apply(img, rect), h)
+
+
+def _shift_wcs(header: fits.Header, dy: int, dx: int):
+    if "CRPIX1" in header:
+        header["CRPIX1"] = header["CRPIX1"] - dx
+        header["CRPIX2"] = header["CRPIX2"] - dy
+
+
+def gradient_channel(path_in, image_out, model_out, cfg: dict):
+    """Background model of one channel, saved, and the corrected channel."""
+    g = cfg["gradient"]
+    img, header, _ = read_image(path_in)
+    corrected, model, infos = background.correct(
+        img, g["model"], g["degree"], g["smoothing"], g["samples_per_row"], g["correction"]
+    )
+    h = header.copy()
+    h["GRADCORR"] = (f"{g['model']} {g['correction']}", "gradient correction")
+    used = ", ".join(f"{i['samples_used']}/{i['samples']}" for i in infos)
+    h["HISTORY"] = f"gradient: {g['model']} {g['correction']} ({used} samples used)"
+    write_fits(model_out, model, h)
+    write_fits(image_out, corrected, h)
+
+
+# ---------------------------------------------------------------------------------------------
+# The final image
+
+
+def make_product(name: str, spec: dict, channel_paths: dict[str, str], outputs: dict[str, str], cfg, history):
+    """Build one final image (module doc, step 3) and write every requested format."""
+    chans, headers = {}, {}
+    for k, p in channel_paths.items():
+        img, h, _ = read_image(p)
+        if not np.isfinite(img).all():
+            log.warning("%s: %d non-finite pixels set to 0", p, int((~np.isfinite(img)).sum()))
+        chans[k], headers[k] = np.nan_to_num(img) / np.float32(ADU_FULL_SCALE), h
+    shapes = {v.shape[-2:] for v in chans.values()}
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{k} {v.shape[-1]}×{v.shape[-2]}" for k, v in chans.items())
+        raise ValueError(
+            f"{name}: channel images differ in size ({sizes}): {', '.join(channel_paths.values())}"
+        )
+    st, kind = cfg["stretch"], spec["kind"]
+    notes: dict[str, object] = {"STRETCH": st["method"]}
+    if kind == "mono":
+        (mono,) = chans.values()
+        mono = enhance.noise_reduction(
+            mono, cfg["noise_reduction"]["strength"], cfg["noise_reduction"]["mask"]
+        )
+        linear = mono
+        final = stretch.apply(stretch.normalise(mono, 0.0, 1.0), st["method"], st)
+    elif kind == "palette":
+        final, linear = _palette(spec, chans, cfg, notes)
+    else:
+        if kind == "osc":
+            rgb = np.asarray(chans["RGB"], np.float32)
+        else:
+            fitted = combine.fit_channels(
+                {k: chans[k] for k in RGB_FILTERS}, cfg["combination"]["linear_fit"]
+            )
+            rgb = combine.rgb(fitted["R"], fitted["G"], fitted["B"])
+        rgb = _colour(rgb, cfg, notes)
+        rgb = enhance.noise_reduction(rgb, cfg["noise_reduction"]["strength"], cfg["noise_reduction"]["mask"])
+        linear = rgb
+        linked = st["linked"] if st["linked"] != "auto" else kind != "osc"
+        final = stretch.apply(rgb, st["method"], st, linked=bool(linked))
+        final = enhance.saturation(final, cfg["nonlinear"]["saturation"])
+        if kind == "lrgb":
+            lum = enhance.noise_reduction(
+                chans["L"], cfg["noise_reduction"]["strength"], cfg["noise_reduction"]["mask"]
+            )
+            lum_st = stretch.apply(lum, st["method"], st)
+            c = cfg["combination"]
+            final = combine.lrgb(lum_st, final, c["lrgb_lightness"], c["lrgb_saturation"])
+        if cfg["nonlinear"]["scnr"] > 0:
+            final = enhance.scnr(final, cfg["nonlinear"]["scnr"])
+    if kind == "palette" and cfg["nonlinear"]["scnr_narrowband"] > 0:
+        final = enhance.scnr(final, cfg["nonlinear"]["scnr_narrowband"])
+    if cfg["nonlinear"]["sharpen"]:
+        final = enhance.sharpen(final)
+    if st["method"] != "none":
+        sky = stars.star_mask(final) < 0.05
+        planes = final if final.ndim == 3 else final[None]
+        final = stretch.match_background(final, st["target_background"], [np.median(p[sky]) for p in planes])
+    final = _stars(final, outputs, cfg, notes, _header(headers, name, notes, history))
+    header = _header(headers, name, notes, history)
+    write_fits(outputs["fits"], final.astype(np.float32), header)
+    if "linear" in outputs:
+        write_fits(outputs["linear"], np.asarray(linear, np.float32), header)
+    _write_formats(final, outputs, header, cfg)
+    return notes
+
+
+def _palette(spec, chans, cfg, notes):
+    nb = cfg["narrowband"]
+    own = {k: v for k, v in nb["custom"].items() if k == spec["palette"]}  # others may be broken
+    pal = palettes.resolve([spec["palette"]], set(chans), own)[0]
+    used = {k: chans[k] for k in pal.channels()}
+    notes["PALETTE"] = pal.name
+    notes["NARROWBD"] = True
+    st = cfg["stretch"]
+    if pal.stretched:  # Foraxx: map stretched channels; the linear file maps linear ones
+        stretched = {k: stretch.apply(v, st["method"], st) for k, v in used.items()}
+        return palettes.apply(pal, stretched), palettes.apply(pal, used)
+    fit = nb["linear_fit"]
+    if fit == "auto":
+        fit = "none" if st["method"] in ("auto_stf", "histogram") else "min"
+    used = combine.fit_channels(used, fit)
+    rgb = palettes.apply(pal, used)
+    rgb = enhance.noise_reduction(rgb, cfg["noise_reduction"]["strength"], cfg["noise_reduction"]["mask"])
+    linked = st["linked"] if st["linked"] != "auto" else fit != "none"
+    final = stretch.apply(rgb, st["method"], st, linked=bool(linked))
+    return final, rgb
+
+
+def _colour(rgb, cfg, notes):
+    cc = cfg["colour"]
+    if cc["background_neutralization"]:
+        rgb, offsets = colour.neutralize_background(rgb)
+        notes["BKGNEUT"] = ",".join(f"{o:.3g}" for o in offsets)
+    if cc["calibration"] == "stars":
+        try:
+            rgb, gains = colour.calibrate_by_stars(rgb, cc["white_reference"])
+            notes["CCGAINS"] = ",".join(f"{g:.4f}" for g in gains)
+        except ValueError as e:
+            log.warning("colour calibration skipped: %s", e)
+            notes["CCGAINS"] = "skipped"
+    return rgb
+
+
+def _stars(final, outputs, cfg, notes, header):
+    sc = cfg["stars"]
+    if not (sc["remove"] or sc["reduce"] != "none"):
+        return final
+    if sc["method"] == "starnet":
+        starless, star_img = stars.starnet(final, sc["starnet_command"])
+    else:
+        starless, star_img = stars.remove_stars(final, stars.star_mask(final, size=sc["mask_size"]))
+    if sc["reduce"] == "morphological":
+        star_img = stars.reduce_stars(star_img, sc["reduce_amount"])
+        notes["STARRED"] = f"morphological {sc['reduce_amount']}"
+    if sc["remove"]:
+        write_fits(outputs["starless"], starless, header)
+        write_fits(outputs["stars"], star_img, header)
+        notes["STARLESS"] = sc["method"]
+    return stars.combine(starless, star_img, sc["combine"])
+
+
+def _header(headers: dict, name: str, notes: dict, history) -> fits.Header:
+    first = next(iter(headers.values()))
+    h = fits.Header()
+    for key in (
+        "OBJECT",
+        "TELESCOP",
+        "INSTRUME",
+        "FOCALLEN",
+        "XPIXSZ",
+        "XBINNING",
+        "YBINNING",
+        "AUTOCROP",
+        "CROPRECT",
+    ):
+        if key in first:
+            h[key] = first[key]
+    for card in first.cards:  # the WCS, when the integration carries one
+        if card.keyword.startswith(WCS_KEYS) or card.keyword in WCS_SCALARS:
+            h[card.keyword] = (card.value, card.comment)
+    h["IMAGETYP"] = "Master light"
+    h["ASTROFLW"] = ("finalimage", "astroflow final image")
+    h["PRODUCT"] = name
+    h["FILTERS"] = ",".join(headers)
+    h["EXPTOTAL"] = (float(sum(float(v.get("EXPTOTAL", 0)) for v in headers.values())), "[s] all channels")
+    h["NCOMBINE"] = (int(sum(int(v.get("NCOMBINE", 0)) for v in headers.values())), "frames, all channels")
+    for k, v in notes.items():
+        h[k] = v
+    return add_history(h, history)
+
+
+def _write_formats(final: np.ndarray, outputs: dict, header: fits.Header, cfg: dict):
+    import cv2
+
+    img = np.clip(final, 0, 1)
+    if "xisf" in outputs:
+        write_xisf(outputs["xisf"], img, header, normalised=True)
+    hwc = img if img.ndim == 2 else np.moveaxis(img, 0, -1)
+    if "tiff" in outputs:
+        import tifffile
+
+        with atomic_path(outputs["tiff"]) as tmp:
+            tifffile.imwrite(
+                tmp,
+                np.round(hwc * 65535).astype(np.uint16),
+                photometric="minisblack" if img.ndim == 2 else "rgb",
+            )
+    bgr = hwc if img.ndim == 2 else hwc[..., ::-1]
+    for fmt, params in (
+        ("png", []),
+        ("jpeg", [cv2.IMWRITE_JPEG_QUALITY, int(cfg["output"]["jpeg_quality"])]),
+    ):
+        if fmt in outputs:
+            ok, buf = cv2.imencode(Path(outputs[fmt]).suffix, np.round(bgr * 255).astype(np.uint8), params)
+            if not ok:
+                raise RuntimeError(f"could not encode {outputs[fmt]}")
+            with atomic_path(outputs[fmt]) as tmp:
+                Path(tmp).write_bytes(buf.tobytes())

@@ -1,0 +1,169 @@
+"""Unit tests of the post-integration library: palettes, stretches, crop, gradients, colour, stars."""
+
+import numpy as np
+import pytest
+
+from astroflow import background, combine, crop, palettes, stars, stretch
+from astroflow.synth import _render_stars
+
+RNG = np.random.default_rng(7)
+CH = {k: RNG.uniform(0.01, 0.99, (20, 30)).astype(np.float32) for k in "HSORGB"}
+
+
+@pytest.mark.parametrize(
+    "name,formula",
+    [
+        ("SHO", lambda c: (c["S"], c["H"], c["O"])),
+        ("HOO", lambda c: (c["H"], c["O"], c["O"])),
+        (
+            "Pseudo_RGB",
+            lambda c: (
+                0.75 * c["H"] + 0.25 * c["S"],
+                0.5 * c["S"] + 0.5 * c["O"],
+                0.3 * c["H"] + 0.7 * c["O"],
+            ),
+        ),
+        ("Natural_HOO", lambda c: (c["H"], 0.8 * c["O"] + 0.2 * c["H"], 0.85 * c["O"] + 0.15 * c["H"])),
+        (
+            "L-eXtreme_SHO",
+            lambda c: (c["H"], 0.5 * c["H"] + 0.5 * np.maximum(c["S"], c["O"]), np.maximum(c["S"], c["O"])),
+        ),
+        (
+            "max_RGB_HOO",
+            lambda c: (np.maximum(c["R"], c["H"]), np.maximum(c["G"], c["O"]), np.maximum(c["B"], c["O"])),
+        ),
+        # the numpy form of Foraxx given in reference/peers.md §1.2.8
+        (
+            "Dynamic_SHO",
+            lambda c: (
+                c["O"] ** (1 - c["O"]) * c["S"] + (1 - c["O"] ** (1 - c["O"])) * c["H"],
+                (c["O"] * c["H"]) ** (1 - c["O"] * c["H"]) * c["H"]
+                + (1 - (c["O"] * c["H"]) ** (1 - c["O"] * c["H"])) * c["O"],
+                c["O"],
+            ),
+        ),
+        (
+            "HSO_Mix_2",
+            lambda c: (0.4 * c["H"] + 0.6 * c["S"], 0.4 * c["O"] + 0.3 * c["H"] + 0.3 * c["S"], c["O"]),
+        ),
+    ],
+)
+def test_palettes_match_their_formulas_pixel_by_pixel(name, formula):
+    got = palettes.apply(palettes.PALETTES[name], CH)
+    want = np.clip(np.stack(formula(CH)), 0, 1)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "expr,message",
+    [
+        ("H +* O", "syntax error"),
+        ("H + X", "unknown channel 'X'"),
+        ("__import__('os').system('true')", "may be called"),
+        ("H.real", "Attribute is not allowed"),
+        ("sqrt(H, key=1)", "only max, min"),
+        ("'a' * 3", "only numbers"),
+    ],
+)
+def test_expressions_are_checked_not_evaluated(expr, message):
+    with pytest.raises(palettes.ExpressionError, match=message) as e:
+        palettes.evaluate(expr, CH, "palettes.custom.mine.r")
+    assert "palettes.custom.mine.r" in str(e.value)
+
+
+def test_pixelmath_operators():
+    c = {"H": np.array([0.25], np.float32), "O": np.array([0.5], np.float32)}
+    assert palettes.evaluate("~H", c)[0] == pytest.approx(0.75)
+    assert palettes.evaluate("O^2", c)[0] == pytest.approx(0.25)
+    assert palettes.evaluate("max(H, O) - min(H, O) / 2", c)[0] == pytest.approx(0.375)
+
+
+def test_palette_choice_and_missing_channels():
+    assert palettes.auto_palette({"H", "O"}) == "HOO"
+    assert palettes.auto_palette({"H", "O", "S"}) == "SHO"
+    assert palettes.auto_palette({"L", "R", "G", "B", "H"}) == "max_RH_GB"
+    names = {p.name for p in palettes.resolve("all", {"H", "O"}, {})}
+    assert {"HOO", "Natural_HOO", "Dynamic_HOO", "HOO_Helix"} <= names and "SHO" not in names
+    with pytest.raises(palettes.ExpressionError, match=r"palettes.use: palette SHO needs channel\(s\) S"):
+        palettes.resolve(["SHO"], {"H", "O"}, {})
+
+
+def test_auto_stf_puts_the_median_on_target_and_clips_little():
+    img = (0.01 + RNG.normal(0, 0.001, (3, 300, 300))).astype(np.float32)
+    out = stretch.auto_stf(img, 0.25, -2.8, linked=True)
+    assert np.allclose(np.median(out, axis=(1, 2)), 0.25, atol=0.005)
+    assert (out <= 0).mean() <= 0.0011
+    assert stretch.mtf(0.2, np.float32(0.2)) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("method", ["histogram", "arcsinh", "ghs", "masked"])
+def test_other_stretches_reach_their_target(method):
+    img = stretch.normalise(0.01 + RNG.normal(0, 0.001, (200, 200)), 0, 1)
+    cfg = {
+        "target_background": 0.25,
+        "shadows_clip": -2.8,
+        "arcsinh_factor": 50,
+        "arcsinh_black_point": 0.01,
+        "arcsinh_iterations": 3,
+        "masked_target": 0.125,
+        "ghs_D": 5.0,
+        "ghs_b": 2.0,
+    }
+    out = stretch.apply(img, method, cfg)
+    target = 0.125 if method == "masked" else 0.25
+    assert np.median(out) == pytest.approx(target, abs=0.01)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_largest_rectangle_of_a_dithered_stack():
+    mask = np.zeros((300, 400), bool)
+    mask[20:280, 30:390] = True
+    mask[25:40, 100:105] = False  # a hole: the best rectangle lies below it
+    assert crop.largest_rectangle(mask) == (40, 280, 30, 390)
+    with pytest.raises(ValueError, match="no common area"):
+        crop.common_area([np.eye(50)])
+
+
+def _sky(ny=400, nx=600, nebula=True):
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    grad = 1000 + 60 * xx / nx + 30 * (yy / ny) ** 2
+    neb = 80 * np.exp(-(((xx - 250) / 60) ** 2 + ((yy - 220) / 50) ** 2) / 2) if nebula else 0 * xx
+    img = grad + neb + RNG.normal(0, 5, (ny, nx))
+    _render_stars(
+        img, RNG.uniform(10, nx - 10, 150), RNG.uniform(10, ny - 10, 150), RNG.uniform(500, 50000, 150), 1.3
+    )
+    return img.astype(np.float32), grad, neb
+
+
+@pytest.mark.parametrize("model", ["polynomial", "rbf"])
+def test_gradient_removed_and_nebula_kept(model):
+    img, grad, neb = _sky()
+    out, bg_model, _ = background.correct(img, model, degree=2, smoothing=1.0)
+    residual = bg_model - grad
+    assert np.ptp(residual - np.median(residual)) < 0.1 * np.ptp(grad)  # < 10 % of the gradient left
+    core = neb > 40
+    kept = np.median((out - np.median(out[neb < 1]))[core]) / np.median(neb[core])
+    assert kept > 0.9
+
+
+def test_linear_fit_recovers_gain_and_offset():
+    img, _, _ = _sky(nebula=False)
+    ref = 3.0 + 0.5 * img
+    np.testing.assert_allclose(combine.linear_fit(img, ref)[::10, ::10], ref[::10, ::10], rtol=0.01)
+
+
+def test_classical_star_removal_leaves_under_5_percent_of_star_flux():
+    ny, nx = 300, 400
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    base = 0.2 + 0.15 * np.exp(-(((xx - 200) / 70) ** 2 + ((yy - 150) / 50) ** 2) / 2)  # sky + nebula
+    img = base + RNG.normal(0, 0.005, (ny, nx))
+    sx, sy, sf = RNG.uniform(15, nx - 15, 60), RNG.uniform(15, ny - 15, 60), RNG.uniform(2, 20, 60)
+    star_img = np.zeros((ny, nx))
+    _render_stars(star_img, sx, sy, sf, 1.3)
+    img = np.clip(img + star_img, 0, 1).astype(np.float32)
+    starless, only_stars = stars.remove_stars(img)
+    residual = (starless - base)[star_img > 0.01].sum() / star_img[star_img > 0.01].sum()
+    assert abs(residual) < 0.05
+    far = star_img < 1e-4
+    assert np.abs(np.median((starless - base)[far])) < 0.002  # background and nebula survive
+    np.testing.assert_allclose(stars.combine(starless, only_stars, "screen"), img, atol=2e-3)

@@ -1,0 +1,83 @@
+# From per-filter integrations to finished images: crop to the common area, gradient correction
+# per channel, then one job per final image (AutoLRGB, AutoRGB, AutoMono, Auto_<palette>).
+
+
+rule crop_area:
+    input:
+        lambda wc: [
+            integration(wc.target, f, "_coverage") for f in PLAN[wc.target]["filters"]
+        ],
+    output:
+        out("{target}", "processed", "crop.json"),
+    log:
+        out("{target}", "logs", "crop_area.log"),
+    conda:
+        "../../envs/astroflow.yaml"
+    params:
+        cfg=section("crop"),
+        code=CODE,
+    script:
+        "../../scripts/crop_area.py"
+
+
+rule crop_channel:
+    input:
+        image=integration("{target}", "{filter}"),
+        info=out("{target}", "processed", "crop.json"),
+    output:
+        out("{target}", "processed", "Integration_{filter}_map.fits"),
+    log:
+        out("{target}", "logs", "crop_{filter}.log"),
+    conda:
+        "../../envs/astroflow.yaml"
+    params:
+        code=CODE,
+    script:
+        "../../scripts/crop_channel.py"
+
+
+rule gradient:
+    input:
+        out("{target}", "processed", "Integration_{filter}_map.fits"),
+    output:
+        image=out("{target}", "processed", "Integration_{filter}_GC.fits"),
+        model=out("{target}", "processed", "AutoBackgroundModel_{filter}.fits"),
+    log:
+        out("{target}", "logs", "gradient_{filter}.log"),
+    conda:
+        "../../envs/astroflow.yaml"
+    params:
+        cfg=section("gradient"),
+        code=CODE,
+    script:
+        "../../scripts/gradient.py"
+
+
+rule final_image:
+    input:
+        unpack(final_inputs),
+    output:
+        **{
+            role: out("{target}", "final", "{product}", f"{{product}}{suffix}")
+            for role, suffix in FINAL_FILES.items()
+        },
+    log:
+        out("{target}", "logs", "final_{product}.log"),
+    conda:
+        "../../envs/astroflow.yaml"
+    params:
+        spec=lambda wc: PRODUCTS[wc.target][wc.product],
+        cfg=section(
+            "colour",
+            "combination",
+            "narrowband",
+            "noise_reduction",
+            "stretch",
+            "nonlinear",
+            "stars",
+            "output",
+        ),
+        history=HISTORY,
+        code=CODE,
+    script:
+        "../../scripts/final_image.py"
