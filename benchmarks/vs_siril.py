@@ -76,7 +76,9 @@ def _timed(cmd, cwd) -> tuple[float, float]:
 def run_astroflow(night: Path, out: Path, *config: str) -> tuple[float, float]:
     shutil.rmtree(out, ignore_errors=True)
     snakemake = str(Path(sys.executable).with_name("snakemake"))
-    cmd = [snakemake, "--cores", "2", "--config", f"data={night}", f"out={out}", *config, "-q"]
+    # the integration is what Siril's script makes too: finished images are not timed
+    stack = out / "NGC_7000/integration/Integration_L.fits"
+    cmd = [snakemake, str(stack), "--cores", "2", "--config", f"data={night}", f"out={out}", *config, "-q"]
     return _timed(cmd, ROOT)
 
 
