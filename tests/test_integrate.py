@@ -36,7 +36,11 @@ def _stack(n, seed=0):
     "method,params,n",
     [
         ("percentile", (0.2, 0.1), 6),
-        ("sigma", (3.0, 3.0), 15),  # at 4 sigma, 15 values cannot reject one (Samuelson)
+        (
+            "sigma",
+            (4.0, 3.0),
+            8,
+        ),  # robust deviation: a trail among 8 frames (Samuelson forbids it with the std)
         ("winsorized", (4.0, 3.0), 15),
         ("linear", (5.0, 4.0), 22),
         ("esd", (0.3, 0.05), 30),

@@ -13,17 +13,18 @@ Rejection then runs on the normalised values; the average uses weights ``w_i`` (
 Rejection methods and their two parameters (low, high), as in PixInsight / Siril:
 
 * ``percentile``: reject ``median - x > low * |median|`` and ``x - median > high * |median|``;
-* ``sigma``: iterative clipping around the median at ``low``/``high`` standard deviations;
+* ``sigma``: iterative clipping around the median at ``low``/``high`` deviations, each value
+  judged by the standard deviation of the others (leave-one-out, at least 1.4826 × MAD);
 * ``winsorized``: sigma clipping whose deviation comes from a winsorized (1.5 sigma) sample;
 * ``linear``: fit a line to the sorted column, clip at ``low``/``high`` mean absolute deviations;
 * ``esd``: generalized extreme Studentized deviate test (``low`` = outlier fraction,
   ``high`` = significance);
 * ``none``.
 
-Note the limit of iterative clipping with the sample's own deviation: one value among ``n`` can
-be at most ``(n - 1) / sqrt(n)`` standard deviations away (Samuelson), so e.g. ``sigma`` with a
-low threshold of 4 cannot reject a single low outlier below 17 frames; ``winsorized`` and
-``esd`` do not have this blind spot.
+Why robust deviations: one value among ``n`` can be at most ``(n - 1) / sqrt(n)`` *standard*
+deviations from the mean (Samuelson), so clipping at 3 plain standard deviations cannot reject a
+satellite trail below 11 frames; the leave-one-out deviation (``sigma``), the winsorized
+deviation and ESD do not have this blind spot.
 
 ``auto`` picks by frame count like AutoIntegrate's Auto2: percentile below 8 frames, sigma below
 20, linear fit below 25, ESD from 25.
@@ -84,10 +85,14 @@ def reject(stack: np.ndarray, method: str, low: float, high: float, max_iter: in
         return _esd(x, low, high)
     for _ in range(max_iter):
         med = bn.nanmedian(x, axis=0)
-        sd = bn.nanstd(x, axis=0, ddof=0)
         if method == "winsorized":
-            sd = _winsorized_sigma(x, med, sd)
-        elif method != "sigma":
+            sd = _winsorized_sigma(x, med, bn.nanstd(x, axis=0, ddof=0))
+        elif method == "sigma":
+            # each value is tested against the deviation of the *other* values (an outlier does
+            # not inflate its own test, so one trail among 8 frames is rejected: with the plain
+            # std it never can be), but never below the MAD's (few-value MADs alone clip good data)
+            sd = np.maximum(1.4826 * bn.nanmedian(np.abs(x - med), axis=0), _loo_std(x, med))
+        else:
             raise ValueError(f"unknown rejection method {method!r}; choose one of {REJECTIONS}")
         with np.errstate(invalid="ignore"):
             lo = x < med - low * sd
@@ -101,6 +106,15 @@ def reject(stack: np.ndarray, method: str, low: float, high: float, max_iter: in
         hi_mask |= hi
         x[lo | hi] = np.nan
     return lo_mask, hi_mask
+
+
+def _loo_std(x, med):
+    """Per value, the standard deviation of its column without it (NaN-aware), about the median."""
+    d2 = (x - med) ** 2
+    n = np.isfinite(x).sum(axis=0)
+    total = bn.nansum(d2, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(np.maximum(total - np.nan_to_num(d2), 0) / np.maximum(n - 2, 1))
 
 
 def _winsorized_sigma(x, med, sd, tol=5e-4, max_iter=10):
