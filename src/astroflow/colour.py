@@ -49,7 +49,7 @@ def star_colours(rgb: np.ndarray, max_stars: int = 300) -> np.ndarray:
     if len(stars) == 0:
         return np.zeros((0, 3))
     sat = np.nanmax(rgb) * 0.9
-    stars = stars[~stars["sat"]] if "sat" in stars.dtype.names else stars
+    stars = stars[~stars["sat"]]
     stars = stars[np.argsort(-stars["flux"])][:max_stars]
     r = 2.5 * np.clip(stars["fwhm"], 1.5, 10)
     flux = np.zeros((len(stars), 3))

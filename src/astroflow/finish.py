@@ -180,10 +180,7 @@ def make_product(name: str, spec: dict, channel_paths: dict[str, str], outputs: 
     notes: dict[str, object] = {"STRETCH": st["method"]}
     if kind == "mono":
         (mono,) = chans.values()
-        mono = enhance.noise_reduction(
-            mono, cfg["noise_reduction"]["strength"], cfg["noise_reduction"]["mask"]
-        )
-        linear = mono
+        linear = mono = _denoise(mono, cfg)
         final = stretch.apply(stretch.normalise(mono, 0.0, 1.0), st["method"], st)
     elif kind == "palette":
         final, linear = _palette(spec, chans, cfg, notes)
@@ -196,16 +193,12 @@ def make_product(name: str, spec: dict, channel_paths: dict[str, str], outputs: 
             )
             rgb = combine.rgb(fitted["R"], fitted["G"], fitted["B"])
         rgb = _colour(rgb, cfg, notes)
-        rgb = enhance.noise_reduction(rgb, cfg["noise_reduction"]["strength"], cfg["noise_reduction"]["mask"])
-        linear = rgb
+        linear = rgb = _denoise(rgb, cfg)
         linked = st["linked"] if st["linked"] != "auto" else kind != "osc"
         final = stretch.apply(rgb, st["method"], st, linked=bool(linked))
         final = enhance.saturation(final, cfg["nonlinear"]["saturation"])
         if kind == "lrgb":
-            lum = enhance.noise_reduction(
-                chans["L"], cfg["noise_reduction"]["strength"], cfg["noise_reduction"]["mask"]
-            )
-            lum_st = stretch.apply(lum, st["method"], st)
+            lum_st = stretch.apply(_denoise(chans["L"], cfg), st["method"], st)
             c = cfg["combination"]
             final = combine.lrgb(lum_st, final, c["lrgb_lightness"], c["lrgb_saturation"])
         if cfg["nonlinear"]["scnr"] > 0:
@@ -218,8 +211,10 @@ def make_product(name: str, spec: dict, channel_paths: dict[str, str], outputs: 
         sky = stars.star_mask(final) < 0.05
         planes = final if final.ndim == 3 else final[None]
         final = stretch.match_background(final, st["target_background"], [np.median(p[sky]) for p in planes])
-    final = _stars(final, outputs, cfg, notes, _header(headers, name, notes, history))
+    final, star_files = _stars(final, cfg, notes)
     header = _header(headers, name, notes, history)
+    for role, data in star_files.items():
+        write_fits(outputs[role], data, header)
     write_fits(outputs["fits"], final.astype(np.float32), header)
     if "linear" in outputs:
         write_fits(outputs["linear"], np.asarray(linear, np.float32), header)
@@ -243,7 +238,7 @@ def _palette(spec, chans, cfg, notes):
         fit = "none" if st["method"] in ("auto_stf", "histogram") else "min"
     used = combine.fit_channels(used, fit)
     rgb = palettes.apply(pal, used)
-    rgb = enhance.noise_reduction(rgb, cfg["noise_reduction"]["strength"], cfg["noise_reduction"]["mask"])
+    rgb = _denoise(rgb, cfg)
     linked = st["linked"] if st["linked"] != "auto" else fit != "none"
     final = stretch.apply(rgb, st["method"], st, linked=bool(linked))
     return final, rgb
@@ -264,10 +259,16 @@ def _colour(rgb, cfg, notes):
     return rgb
 
 
-def _stars(final, outputs, cfg, notes, header):
+def _denoise(image, cfg):
+    nr = cfg["noise_reduction"]
+    return enhance.noise_reduction(image, nr["strength"], nr["mask"])
+
+
+def _stars(final, cfg, notes):
+    """Star removal/reduction: (recombined image, {"starless"|"stars": image} to write)."""
     sc = cfg["stars"]
     if not (sc["remove"] or sc["reduce"] != "none"):
-        return final
+        return final, {}
     if sc["method"] == "starnet":
         starless, star_img = stars.starnet(final, sc["starnet_command"])
     else:
@@ -275,11 +276,10 @@ def _stars(final, outputs, cfg, notes, header):
     if sc["reduce"] == "morphological":
         star_img = stars.reduce_stars(star_img, sc["reduce_amount"])
         notes["STARRED"] = f"morphological {sc['reduce_amount']}"
+    files = {"starless": starless, "stars": star_img} if sc["remove"] else {}
     if sc["remove"]:
-        write_fits(outputs["starless"], starless, header)
-        write_fits(outputs["stars"], star_img, header)
         notes["STARLESS"] = sc["method"]
-    return stars.combine(starless, star_img, sc["combine"])
+    return stars.combine(starless, star_img, sc["combine"]), files
 
 
 def _header(headers: dict, name: str, notes: dict, history) -> fits.Header:
