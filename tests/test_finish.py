@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from astroflow import background, combine, crop, palettes, stars, stretch
+from astroflow import background, combine, crop, enhance, palettes, stars, stretch
 from astroflow.synth import _render_stars
 
 RNG = np.random.default_rng(7)
@@ -167,3 +167,91 @@ def test_classical_star_removal_leaves_under_5_percent_of_star_flux():
     far = star_img < 1e-4
     assert np.abs(np.median((starless - base)[far])) < 0.002  # background and nebula survive
     np.testing.assert_allclose(stars.combine(starless, only_stars, "screen"), img, atol=2e-3)
+
+
+def _star_field():
+    ny, nx = 200, 200
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    base = np.full((ny, nx), 0.25, np.float32)
+    star = sum(
+        a * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8.0) for x, y, a in [(50, 50, 0.7), (150, 60, 0.4)]
+    )
+    img = np.clip(1 - (1 - base) * (1 - star), 0, 1).astype(np.float32)  # screened onto the sky
+    r2 = (xx - 50.0) ** 2 + (yy - 50.0) ** 2
+    return img, base, star, r2
+
+
+@pytest.mark.parametrize(
+    "method,weaker,stronger",
+    [
+        ("transfer", {"strength": 0.3}, {"strength": 0.05}),
+        ("halo", {"strength": 0.3}, {"strength": 0.15}),
+        ("star", {"iterations": 1, "mode": 3}, {"iterations": 2, "mode": 1}),
+    ],
+)
+def test_blanshan_star_reduction_shrinks_stars_and_leaves_the_sky(method, weaker, stronger):
+    img, base, star, r2 = _star_field()
+
+    def flux_and_radius(x):
+        excess = np.clip(x - base, 0, None)[:100, :100]  # the first star
+        return excess.sum(), np.sqrt((excess * r2[:100, :100]).sum() / excess.sum())
+
+    f0, rad0 = flux_and_radius(img)
+    results = [flux_and_radius(stars.reduce_blanshan(img, base, method, **kw)) for kw in (weaker, stronger)]
+    (f_weak, rad_weak), (f_strong, rad_strong) = results
+    assert 0.05 * f0 < f_strong < f_weak < f0  # dimmer, more so when stronger, still there
+    assert rad_strong < rad0 and rad_weak <= rad0 * 1.001  # and smaller, not spread out
+    out = stars.reduce_blanshan(img, base, method)
+    np.testing.assert_allclose(out[star < 1e-6], img[star < 1e-6], atol=1e-5)  # sky untouched
+    assert (out >= base - 1e-6).all()  # never darker than the starless image
+
+
+def test_narrowband_line_recovered_and_added_to_its_broadband_channel():
+    ny, nx = 256, 256
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    stars_img = np.zeros((ny, nx))
+    rng = np.random.default_rng(3)
+    _render_stars(
+        stars_img, rng.uniform(10, nx - 10, 40), rng.uniform(10, ny - 10, 40), rng.uniform(0.5, 5, 40), 1.5
+    )
+    line = 0.02 * np.exp(-((xx - 160) ** 2 + (yy - 100) ** 2) / (2 * 40.0**2))  # line flux, broadband units
+    q = 3 / 100
+    red = 0.05 + stars_img + line + rng.normal(0, 1e-4, (ny, nx))
+    ha = 3.7 * (0.002 + q * stars_img + line) + rng.normal(0, 1e-4, (ny, nx))  # other gain, 3 nm filter
+    assert combine.continuum_scale(ha, red) == pytest.approx(1 / (3.7 * q), rel=0.05)
+    got = combine.line_signal(ha, red, 3, 100, combine.continuum_scale(ha, red))
+    assert np.abs(got - (line - np.median(line))).max() < 0.1 * line.max()  # stars cancel, line stays
+    chans = {"R": red.astype(np.float32), "G": red.astype(np.float32), "H": ha.astype(np.float32)}
+    out, notes = combine.add_narrowband(chans, {"R": ["H"]}, 1.2, {"R": 100, "H": 3})
+    core = line > 0.015
+    assert np.median((out["R"] - red)[core]) == pytest.approx(1.2 * np.median(line[core]), rel=0.1)
+    np.testing.assert_array_equal(out["G"], chans["G"])  # unmapped channels untouched
+    assert notes[0].startswith("R+1.2*H")
+    _, notes = combine.add_narrowband(
+        {"R": red.astype(np.float32), "H": np.zeros_like(ha, np.float32)},
+        {"R": ["H"]},
+        1.2,
+        {"R": 100, "H": 3},
+    )
+    assert "skipped" in notes[0]  # no stars in the narrowband channel: reported, not guessed
+
+
+def test_acdnr_cuts_background_noise_and_keeps_stars():
+    rng = np.random.default_rng(5)
+    ny, nx = 200, 200
+    star = np.zeros((ny, nx))
+    _render_stars(star, np.array([60.0, 140.0]), np.array([70.0, 120.0]), np.array([6.0, 4.0]), 1.3)
+    clean = 0.25 + np.clip(star, 0, 0.7)
+    img = np.clip(clean + rng.normal(0, 0.03, (3, ny, nx)), 0, 1).astype(np.float32)
+    out = enhance.acdnr(img)
+    sky = star < 1e-4
+
+    def noise(x):
+        return (x.mean(axis=0) - clean)[sky].std(), (x - x.mean(axis=0))[:, sky].std()
+
+    (lum0, chroma0), (lum1, chroma1) = noise(img), noise(out)
+    assert lum1 < 0.8 * lum0 and chroma1 < 0.5 * chroma0
+    assert abs(np.median(out[:, sky]) - np.median(img[:, sky])) < 0.005
+    peaks = [(60, 70), (140, 120)]
+    for x, y in peaks:  # star cores survive
+        assert out[:, y, x].mean() == pytest.approx(img[:, y, x].mean(), rel=0.05)

@@ -89,7 +89,12 @@ def lrgb(
     RGB noise would otherwise push dim pixels out of gamut.
     """
     lab = to_lab(smooth_chroma(colour, chroma_blur))
-    lab[..., 0] = srgb_to_lstar(mtf(lightness, np.clip(lum, 0, 1)))
+    new_l = srgb_to_lstar(mtf(lightness, np.clip(lum, 0, 1)))
+    # chroma follows lightness where it drops (saturation C/L kept): a noise dip in L must not
+    # turn a dim pixel's colour into an out-of-gamut one
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lab[..., 1:] *= np.clip(np.nan_to_num(new_l / lab[..., 0], nan=1.0), 0, 1)[..., None]
+    lab[..., 0] = new_l
     if saturation != 0.5:
         chroma = np.hypot(lab[..., 1], lab[..., 2])
         scale = np.where(
@@ -125,7 +130,110 @@ def to_lab(colour: np.ndarray) -> np.ndarray:
     )
 
 
-def from_lab(lab: np.ndarray) -> np.ndarray:
-    import cv2
+# linear sRGB (D65) from CIE XYZ, the matrix behind OpenCV's Lab conversions
+_XYZ_TO_RGB = np.array(
+    [
+        [3.2404542, -1.5371385, -0.4985314],
+        [-0.9692660, 1.8760108, 0.0415560],
+        [0.0556434, -0.2040259, 1.0572252],
+    ],
+    np.float32,
+)
+_WHITE = np.array([0.950456, 1.0, 1.088754], np.float32)
 
-    return np.clip(np.moveaxis(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), -1, 0), 0, 1).astype(np.float32)
+
+def from_lab(lab: np.ndarray) -> np.ndarray:
+    """``(3, ny, nx)`` sRGB-encoded image of (ny, nx, 3) CIE L*a*b* (D65), mapped into gamut.
+
+    A colour outside the sRGB gamut is desaturated towards the grey of the same lightness
+    (in linear RGB, which keeps Y and so L*), not clipped per channel: clipping would darken dim
+    coloured pixels to black and shift hues.
+    """
+    lab = np.asarray(lab, np.float32)
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200])
+    xyz = np.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * _WHITE[:, None, None]
+    rgb = np.tensordot(_XYZ_TO_RGB, xyz, axes=1)
+    grey = np.clip(xyz[1], 0, 1)
+    low = rgb.min(axis=0)
+    high = rgb.max(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t_low = np.where(low < 0, grey / (grey - low), 1)
+        t_high = np.where(high > 1, (1 - grey) / (high - grey), 1)
+    t = np.clip(np.minimum(t_low, t_high), 0, 1)
+    rgb = np.clip(grey + t * (rgb - grey), 0, 1)
+    srgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb ** (1 / 2.4) - 0.055)
+    return np.clip(srgb, 0, 1).astype(np.float32)
+
+
+NB_RGB_AUTO = {"R": ("H", "S"), "G": ("O",), "B": ("O",), "L": ("H",)}
+
+
+def continuum_scale(nb: np.ndarray, broad: np.ndarray, min_stars: int = 5) -> float:
+    """Median ``broad / nb`` flux ratio of stars (continuum sources) found in both images.
+
+    Raises ValueError with fewer than ``min_stars`` usable stars.
+    """
+    import sep
+
+    from .measure import detect_stars
+
+    b = np.ascontiguousarray(np.nan_to_num(broad), np.float32)
+    n = np.ascontiguousarray(np.nan_to_num(nb), np.float32)
+    found = detect_stars(b, 5.0)
+    found = found[~found["sat"] & (found["peak"] < 0.9 * float(b.max()))][:200]
+    if len(found) < min_stars:
+        raise ValueError(f"only {len(found)} stars to scale the narrowband channel (need {min_stars})")
+    # local background from a fine mesh (nebulae differ between the bands; annuli would catch
+    # neighbouring stars), small apertures: the PSF is the same in both, only the ratio matters
+    r = 1.5 * np.clip(found["fwhm"], 1.5, 10)
+    fb = sep.sum_circle(b - sep.Background(b, bw=16, bh=16).back(), found["x"], found["y"], r)[0]
+    fn = sep.sum_circle(n - sep.Background(n, bw=16, bh=16).back(), found["x"], found["y"], r)[0]
+    ok = (fb > 0) & (fn > 0)
+    if ok.sum() < min_stars:
+        raise ValueError(f"only {int(ok.sum())} stars are seen in the narrowband channel (need {min_stars})")
+    return float(np.median(fb[ok] / fn[ok]))
+
+
+def line_signal(nb: np.ndarray, broad: np.ndarray, nb_bw: float, broad_bw: float, scale: float) -> np.ndarray:
+    """Emission-line signal in ``broad``'s units: the narrowband image minus its continuum.
+
+    With ``s`` = ``scale`` (broad/nb ratio of stars) and ``Q = nb_bw / broad_bw`` (bandwidths,
+    nm), a continuum source gives ``s N = C`` while a line seen equally by both filters gives
+    ``s N = C_line / Q``, so ``line = Q (s N - C) / (1 - Q)`` (backgrounds removed first).
+    Zero-mean noise where there is no line; stars cancel.
+    """
+    q = nb_bw / broad_bw
+    if not 0 < q < 1:
+        raise ValueError(f"narrowband bandwidth {nb_bw} nm must be below the broadband {broad_bw} nm")
+    sn = scale * np.asarray(nb, np.float32)
+    c = np.asarray(broad, np.float32)
+    sn = sn - np.median(sn)
+    c = c - np.median(c)
+    return (q * (sn - c) / (1 - q)).astype(np.float32)
+
+
+def add_narrowband(
+    channels: dict[str, np.ndarray], mapping: dict[str, list[str]], boost: float, bandwidth: dict[str, float]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """NBRGBCombination-style enhancement of linear broadband channels (see ``line_signal``).
+
+    ``mapping``: broadband channel -> narrowband channels whose line is added, ``boost`` times,
+    e.g. ``{"R": ["H"], "L": ["H"]}`` (Ha into red and luminance). Returns the new channels
+    and notes like ``R+1.2*H(s=0.031)``; a pair without enough stars is skipped with a note.
+    """
+    out = dict(channels)
+    notes = []
+    for c, nbs in mapping.items():
+        for n in nbs:
+            if c not in channels or n not in channels:
+                continue
+            try:
+                s = continuum_scale(channels[n], channels[c])
+            except ValueError as e:
+                notes.append(f"{c}+{n} skipped: {e}")
+                continue
+            line = line_signal(channels[n], channels[c], bandwidth[n], bandwidth[c], s)
+            out[c] = np.clip(out[c] + boost * line, 0, 1).astype(np.float32)
+            notes.append(f"{c}+{boost:g}*{n}(s={s:.3g})")
+    return out, notes

@@ -56,6 +56,11 @@ def products(filters: list[str], cfg: dict) -> tuple[dict[str, dict], list[str]]
             out["AutoLRGB"] = {"kind": "lrgb", "channels": ["L", "R", "G", "B"]}
         else:
             out["AutoRGB"] = {"kind": "rgb", "channels": ["R", "G", "B"]}
+        spec = next(iter(out.values()))
+        mapping = nb_rgb_mapping(cfg["narrowband_rgb"]["mapping"], f)
+        if mapping:
+            spec["nb_rgb"] = mapping
+            spec["channels"] += sorted({n for nbs in mapping.values() for n in nbs})
     nb = cfg["narrowband"]
     mono_channels = f - {"RGB"}
     custom = {}
@@ -78,6 +83,15 @@ def products(filters: list[str], cfg: dict) -> tuple[dict[str, dict], list[str]]
         best = "L" if "L" in f else sorted(mono_channels or f)[0]
         out["AutoMono"] = {"kind": "mono", "channels": [best]}
     return out, problems
+
+
+def nb_rgb_mapping(setting, filters: set[str]) -> dict[str, list[str]]:
+    """Broadband -> narrowband channels for ``narrowband_rgb.mapping``, limited to ``filters``."""
+    if setting == "none":
+        return {}
+    wanted = combine.NB_RGB_AUTO if setting == "auto" else setting
+    mapping = {c: [n for n in nbs if n in filters] for c, nbs in wanted.items() if c in filters}
+    return {c: nbs for c, nbs in mapping.items() if nbs}
 
 
 def _try_palette(name, channels, custom, problems):
@@ -188,6 +202,12 @@ def make_product(name: str, spec: dict, channel_paths: dict[str, str], outputs: 
         if kind == "osc":
             rgb = np.asarray(chans["RGB"], np.float32)
         else:
+            if spec.get("nb_rgb"):
+                nr = cfg["narrowband_rgb"]
+                chans, mapped = combine.add_narrowband(chans, spec["nb_rgb"], nr["boost"], nr["bandwidth"])
+                notes["NBRGB"] = "; ".join(mapped)
+                for m in mapped:
+                    (log.warning if "skipped" in m else log.info)("narrowband RGB mapping: %s", m)
             fitted = combine.fit_channels(
                 {k: chans[k] for k in RGB_FILTERS}, cfg["combination"]["linear_fit"]
             )
@@ -205,7 +225,9 @@ def make_product(name: str, spec: dict, channel_paths: dict[str, str], outputs: 
             final = enhance.scnr(final, cfg["nonlinear"]["scnr"])
     if kind == "palette" and cfg["nonlinear"]["scnr_narrowband"] > 0:
         final = enhance.scnr(final, cfg["nonlinear"]["scnr_narrowband"])
-    if cfg["nonlinear"]["sharpen"]:
+    nl = cfg["nonlinear"]
+    final = enhance.acdnr(final, nl["noise_reduction"], nl["noise_reduction_lightness"])
+    if nl["sharpen"]:
         final = enhance.sharpen(final)
     if st["method"] != "none":
         sky = stars.star_mask(final) < 0.05
@@ -279,7 +301,17 @@ def _stars(final, cfg, notes):
     files = {"starless": starless, "stars": star_img} if sc["remove"] else {}
     if sc["remove"]:
         notes["STARLESS"] = sc["method"]
-    return stars.combine(starless, star_img, sc["combine"]), files
+    result = stars.combine(starless, star_img, sc["combine"])
+    if sc["reduce"] in ("transfer", "halo", "star"):
+        result = stars.reduce_blanshan(
+            result, starless, sc["reduce"], sc["reduce_strength"], sc["reduce_iterations"], sc["reduce_mode"]
+        )
+        notes["STARRED"] = sc["reduce"] + (
+            f" S={sc['reduce_strength']}"
+            if sc["reduce"] != "star"
+            else f" I={sc['reduce_iterations']} M={sc['reduce_mode']}"
+        )
+    return result, files
 
 
 def _header(headers: dict, name: str, notes: dict, history) -> fits.Header:

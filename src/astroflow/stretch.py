@@ -5,9 +5,10 @@ at its minimum, white at its maximum). Colour images are ``(3, ny, nx)``. Every 
 values in [0, 1].
 
 * ``auto_stf``: PixInsight's ScreenTransferFunction auto stretch made permanent: shadows clipped
-  at ``median + shadows_clip * 1.4826 MAD`` (``shadows_clip`` = -2.8; never more than 0.02 % of
-  the pixels, leaving room for later steps within 0.1 %), midtones chosen so the median lands on ``target`` (0.25); ``linked`` shares the
-  shadows point (the lowest of the channels') and keeps backgrounds neutral.
+  at ``median + shadows_clip * 1.4826 MAD`` (``shadows_clip`` = -2.8, but never more than 0.02 %
+  of the pixels, so the finished image stays within 0.1 % clipped), midtones chosen so the median
+  lands on ``target`` (0.25); ``linked`` shares the shadows point (the lowest of the channels')
+  and keeps backgrounds neutral.
 * ``histogram``: midtones found by bisection so the median lands on ``target``.
 * ``arcsinh``: ``asinh(f x) / asinh(f)`` in ``iterations`` steps of ``f = factor**(1/iterations)``
   after a black point (never above the sky's noise floor), then a histogram stretch to ``target``.
@@ -68,7 +69,7 @@ def auto_stf(
     target: float = 0.25,
     shadows_clip: float = -2.8,
     linked: bool = True,
-    max_clip: float = 0.001,
+    max_clip: float = 0.0002,
 ) -> np.ndarray:
     """AutoSTF applied as a histogram transformation (see module doc).
 

@@ -71,6 +71,7 @@ rule final_image:
             "colour",
             "combination",
             "narrowband",
+            "narrowband_rgb",
             "noise_reduction",
             "stretch",
             "nonlinear",
