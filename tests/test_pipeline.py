@@ -92,6 +92,13 @@ def test_mono_night_products_and_headers(mono_night, mono_run):
     for name in ("AutoMasterBias", "AutoMasterDark_120s", "AutoMasterFlat_L"):
         assert (out / f"NGC_7000/masters/{name}.fits").exists()
     assert (out / "NGC_7000/run/config.yaml").read_text().count("astroflow") >= 1
+    # the finished mono image: sky at the target background, under 0.1 % of it clipped
+    from astroflow.stars import star_mask
+
+    final = fits.getdata(out / "NGC_7000/final/AutoMono/AutoMono.fits")
+    sky = star_mask(final, size=2.0) < 0.05
+    assert abs(np.median(final[sky]) - 0.25) < 0.01
+    assert ((final <= 0) | (final >= 1))[sky].mean() < 0.001
 
 
 def test_rerun_does_nothing(mono_night, mono_run):
@@ -147,6 +154,15 @@ def test_osc_night_debayered_registered_and_colour_preserved(osc_night, tmp_path
     measured = np.log(np.asarray(fr[0]) / np.asarray(fr[2]))
     true_ratio = np.log(st["R"][sel] / st["B"][sel])
     assert sel.sum() >= 5 and np.corrcoef(measured, true_ratio)[0, 1] > 0.9
+
+    # the finished OSC image: background neutral within 1 %, at the target, under 0.1 % clipped
+    from astroflow.stars import star_mask
+
+    final = fits.getdata(tmp_path / "NGC_7000/final/AutoRGB/AutoRGB.fits")
+    sky = star_mask(final, size=2.0) < 0.05
+    bg = np.array([np.median(p[sky]) for p in final])
+    assert (bg.max() - bg.min()) / bg.mean() < 0.01 and np.allclose(bg, 0.25, atol=0.01), bg
+    assert max(((p <= 0) | (p >= 1))[sky].mean() for p in final) < 0.001
 
 
 def _hashes(folder):
