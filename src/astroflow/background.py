@@ -5,11 +5,12 @@ channel). Samples are boxes on a regular grid (``samples_per_row`` across the im
 value is the median of its pixels after sigma-clipping stars out. Boxes whose content is not sky
 are rejected: those with structure much above the noise (nebula edges, bright stars) and, while
 fitting, those far *above* the current model (extended nebulosity is positive; a gradient is
-smooth). Models:
+smooth). The sky boxes are always chosen with the polynomial (an RBF would bend into a wide
+nebula's wings and then accept them); the RBF only refines that choice. Models:
 
 * ``polynomial``: 2-D polynomial of ``degree`` in coordinates scaled to [-1, 1] (as ABE);
-* ``rbf``: thin-plate-spline surface with ``smoothing`` through the samples (as DBE/GraXpert's
-  RBF), evaluated on a coarse grid and resampled bicubically.
+* ``rbf``: a quadratic trend plus a thin-plate-spline surface with ``smoothing`` through the
+  samples (as DBE/GraXpert's RBF), evaluated on a coarse grid and resampled bicubically.
 
 Correction is ``subtract`` (gradients from light pollution; the model's median is added back
 so the sky level is kept) or ``divide`` (vignetting-like; multiplied back by the median).
@@ -74,7 +75,7 @@ def fit_model(
     if keep.sum() < 6:
         keep = np.ones(len(vals), bool)
 
-    def evaluate(k, x, y):
+    def evaluate(k, x, y, method=method):
         if method == "polynomial":
             deg = min(degree, 1 if k.sum() < 15 else degree)
             coef, *_ = np.linalg.lstsq(_poly_terms(sx[k], sy[k], deg), vals[k], rcond=None)
@@ -89,18 +90,32 @@ def fit_model(
             (vals[k] - base) / unit,
             kernel="thin_plate_spline",
             smoothing=smoothing,
-            degree=1,
+            degree=2,
         )
         return rbf(np.column_stack([x, y])) * unit + base
 
-    for _ in range(10):
-        resid = vals - evaluate(keep, sx, sy)
-        scatter = 1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep])))
-        # one-sided against nebulosity (positive), two-sided against bad boxes
-        new = keep & (resid < reject_sigma * scatter) & (resid > -3 * reject_sigma * scatter)
-        if new.sum() < 6 or (new == keep).all():
-            break
-        keep = new
+    # a box median's own noise: the floor of the scatter (wide nebulae inflate the residuals')
+    floor = 1.25 * typical / (2 * box)
+
+    def reject(keep, model, reentrant):
+        usable = keep
+        for _ in range(20):
+            resid = vals - evaluate(keep, sx, sy, model)
+            scatter = max(1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep]))), floor)
+            # one-sided against nebulosity (positive), two-sided against bad boxes
+            new = (usable if reentrant else keep) & (resid < reject_sigma * scatter)
+            new &= resid > -3 * reject_sigma * scatter
+            if new.sum() < 6 or (new == keep).all():
+                break
+            keep = new
+        return keep
+
+    # sky boxes are chosen with the stiff polynomial, every usable box judged again each round
+    # (boxes dropped by a tilted first fit come back); a flexible RBF would bend into the wings
+    # of a wide nebula and then accept them, so it only refines that choice, dropping boxes
+    keep = reject(keep, "polynomial", True)
+    if method == "rbf":
+        keep = reject(keep, "rbf", False)
     # evaluate on a coarse grid and resample (a thin-plate spline per pixel would be slow)
     from scipy.interpolate import RectBivariateSpline
 
