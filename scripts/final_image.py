@@ -8,7 +8,7 @@ setup_logging(sm.log[0])
 make_product(
     sm.wildcards.product,
     sm.params.spec,
-    dict(sm.input.items()),
+    {k: v for k, v in sm.input.items() if k != "catalogue"},
     dict(sm.output.items()),
     sm.params.cfg,
     sm.params.history,

@@ -28,6 +28,22 @@ def lrgb_run(lrgb_night, tmp_path_factory):
     return out / "NGC_7000"
 
 
+@pytest.fixture(scope="session")
+def red_field(tmp_path_factory):
+    """R, G, B night of a dense, reddened field (median B-V 1.1): the average star is not white."""
+    path = tmp_path_factory.mktemp("red")
+    spec = NightSpec(
+        filters=("R", "G", "B"), frames=3, width=512, height=384, seed=8, stars_per_mpix=1500, star_bv=1.1
+    )
+    make_night(path, spec)
+    out = tmp_path_factory.mktemp("red_out")
+    # colour from the field's catalogue (the lights carry a WCS)
+    cat = path / "truth/catalogue.csv"
+    option = f'colour={{"calibration": "photometric", "photometric": {{"catalogue": "{cat}"}}}}'
+    run_snakemake(path, out, option)
+    return path, out / "NGC_7000"
+
+
 def _background(img):
     sky = star_mask(img, size=2.0) < 0.05  # generous: halos of bright stars are not sky
     return np.array([np.median(p[sky]) for p in img]), sky
@@ -75,6 +91,35 @@ def test_lrgb_star_colours_ordered_as_the_truth(lrgb_night, lrgb_run):
     true = st["colour"][sel]
     rank = np.corrcoef(np.argsort(np.argsort(measured)), np.argsort(np.argsort(true)))[0, 1]
     assert sel.sum() >= 8 and rank > 0.7, (sel.sum(), rank)
+
+
+def test_photometric_colour_keeps_a_red_field_red(red_field):
+    import sep
+
+    from astroflow.colour import SUN_BV, blackbody_rgb, bv_to_temperature
+
+    night, run = red_field
+    img = fits.getdata(run / "final/AutoRGB/AutoRGB_linear.fits").astype(np.float64)
+    head = fits.getheader(run / "final/AutoRGB/AutoRGB.fits")
+    assert head["COLCAL"].startswith("photometric") and "CRVAL1" in head  # the WCS carried through
+    truth = load_truth(night)
+    m = sky_to_image(img.mean(axis=0), truth, "G")
+    st = truth["stars"]
+    xy = np.column_stack([st["x"], st["y"]]) @ m[:, :2].T + m[:, 2]
+    ny, nx = img.shape[1:]
+    sel = (st["G"] * 120 > 2000) & (st["G"] * 120 < 40000)
+    sel &= (xy[:, 0] > 12) & (xy[:, 0] < nx - 12) & (xy[:, 1] > 12) & (xy[:, 1] < ny - 12)
+    r, g, b = (
+        sep.sum_circle(np.ascontiguousarray(p), xy[sel, 0], xy[sel, 1], 5.0, bkgann=(8, 12))[0] for p in img
+    )
+    # each star's colour relative to a Sun-like star's, as its B-V predicts; the camera's
+    # response (R 0.92, G 1, B 0.85) must be gone and the red stars stay red: median within 6 %
+    # on this dense 3-frame field (star-based white balance, which makes the average star of
+    # this B-V 1.1 field white, would be ~40 % off in B/G)
+    pred = blackbody_rgb(bv_to_temperature(st["colour"][sel])) / blackbody_rgb(bv_to_temperature(SUN_BV))
+    assert sel.sum() >= 10
+    rg, bg = np.median((r / g) / (pred[:, 0] / pred[:, 1])), np.median((b / g) / (pred[:, 2] / pred[:, 1]))
+    assert abs(rg - 1) < 0.06 and abs(bg - 1) < 0.06, (sel.sum(), rg, bg)
 
 
 def test_lrgb_outputs_in_every_format_with_history(lrgb_run):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from astroflow import background, combine, crop, enhance, palettes, stars, stretch
 from astroflow.synth import _render_stars
@@ -259,3 +260,75 @@ def test_acdnr_cuts_background_noise_and_keeps_stars():
     peaks = [(60, 70), (140, 120)]
     for x, y in peaks:  # star cores survive
         assert out[:, y, x].mean() == pytest.approx(img[:, y, x].mean(), rel=0.05)
+
+
+# --- photometric colour calibration -----------------------------------------------------------
+
+
+def _red_field(tmp_path, n=150, median_bv=1.2, seed=3):
+    """RGB image of a reddened field (median B-V 1.2) through the synthetic camera, with a WCS
+    and a catalogue CSV; returns (rgb, header, catalogue path, camera response)."""
+    from astroflow.colour import blackbody_rgb, bv_to_temperature
+    from astroflow.synth import RGB_RESPONSE, NightSpec, sky_wcs
+
+    rng = np.random.default_rng(seed)
+    w, h = 400, 300
+    x, y = rng.uniform(10, w - 10, n), rng.uniform(10, h - 10, n)
+    bv = np.clip(rng.normal(median_bv, 0.3, n), -0.2, 2.0)
+    flux = rng.uniform(2e3, 4e4, n)
+    response = np.array([RGB_RESPONSE[c] for c in "RGB"])
+    fr = blackbody_rgb(bv_to_temperature(bv)) * response
+    rgb = np.zeros((3, h, w))
+    for c in range(3):
+        _render_stars(rgb[c], x, y, flux * fr[:, c], 1.3)
+    rgb = rgb + 100.0 + rng.normal(0, 3.0, rgb.shape)
+    wcs = sky_wcs(NightSpec(width=w, height=h))
+    ra, dec = wcs.all_pix2world(x, y, 0)
+    cat = tmp_path / "field.csv"
+    cat.write_text(
+        "ra,dec,b-v\n" + "".join(f"{a:.8f},{d:.8f},{b:.3f}\n" for a, d, b in zip(ra, dec, bv, strict=True))
+    )
+    return rgb.astype(np.float32), wcs.to_header(), cat, response
+
+
+def test_photometric_colour_keeps_a_red_field_red_and_the_sun_white(tmp_path):
+    from astroflow.colour import (
+        SUN_BV,
+        blackbody_rgb,
+        bv_to_temperature,
+        calibrate_by_stars,
+        calibrate_photometric,
+    )
+
+    rgb, header, cat, response = _red_field(tmp_path)
+    sun = blackbody_rgb(bv_to_temperature(SUN_BV))[0] * response  # a Sun-like star through the camera
+    _, gains, info = calibrate_photometric(rgb, header, cat)
+    assert info["stars"] >= 50 and max(info["scatter_mag"]) < 0.08  # photometric noise of faint stars
+    white = sun * gains
+    np.testing.assert_allclose(white / white[1], 1.0, atol=0.01)
+    # star-based white balance makes the (red) average star white: the Sun turns blue
+    _, gains_s = calibrate_by_stars(rgb)
+    bluish = sun * gains_s
+    assert bluish[2] / bluish[0] > 1.3
+
+
+def test_photometric_colour_errors_name_the_problem(tmp_path):
+    from astroflow.colour import calibrate_photometric
+
+    rgb, header, cat, _ = _red_field(tmp_path)
+    with pytest.raises(ValueError, match="no WCS"):
+        calibrate_photometric(rgb, fits.Header(), cat)
+    with pytest.raises(ValueError, match="no such file.*missing.csv"):
+        calibrate_photometric(rgb, header, tmp_path / "missing.csv")
+    (tmp_path / "bad.csv").write_text("ra,dec,vmag\n1,2,3\n")
+    with pytest.raises(ValueError, match="no B-V"):
+        calibrate_photometric(rgb, header, tmp_path / "bad.csv")
+    # Tycho-2 columns (BT, VT) are converted: B-V = 0.85 (BT - VT)
+    lines = cat.read_text().splitlines()
+    tycho = ["ra,dec,BTmag,VTmag"] + [
+        f"{ra},{dec},{10 + float(bv) / 0.85:.4f},10" for ra, dec, bv in (row.split(",") for row in lines[1:])
+    ]
+    (tmp_path / "tycho.csv").write_text("\n".join(tycho) + "\n")
+    _, gains_t, _ = calibrate_photometric(rgb, header, tmp_path / "tycho.csv")
+    _, gains, _ = calibrate_photometric(rgb, header, cat)
+    np.testing.assert_allclose(gains_t, gains, rtol=0.01)

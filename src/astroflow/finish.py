@@ -25,14 +25,12 @@ import numpy as np
 from astropy.io import fits
 
 from . import background, colour, combine, crop, enhance, palettes, stars, stretch
-from .io import ADU_FULL_SCALE, add_history, atomic_path, read_image, write_fits, write_xisf
+from .io import ADU_FULL_SCALE, add_history, atomic_path, copy_wcs, read_image, write_fits, write_xisf
 
 log = logging.getLogger("astroflow")
 
 RGB_FILTERS = ("R", "G", "B")
 NARROWBAND = ("H", "S", "O")
-WCS_KEYS = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CD1_", "CD2_", "PC1_", "PC2_", "CUNIT", "CROTA")
-WCS_SCALARS = ("EQUINOX", "RADESYS", "LONPOLE", "LATPOLE", "WCSAXES")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +210,7 @@ def make_product(name: str, spec: dict, channel_paths: dict[str, str], outputs: 
                 {k: chans[k] for k in RGB_FILTERS}, cfg["combination"]["linear_fit"]
             )
             rgb = combine.rgb(fitted["R"], fitted["G"], fitted["B"])
-        rgb = _colour(rgb, cfg, notes)
+        rgb = _colour(rgb, next(iter(headers.values())), cfg, notes)
         linear = rgb = _denoise(rgb, cfg)
         linked = st["linked"] if st["linked"] != "auto" else kind != "osc"
         final = stretch.apply(rgb, st["method"], st, linked=bool(linked))
@@ -266,14 +264,31 @@ def _palette(spec, chans, cfg, notes):
     return final, rgb
 
 
-def _colour(rgb, cfg, notes):
+def _colour(rgb, header, cfg, notes):
     cc = cfg["colour"]
     if cc["background_neutralization"]:
         rgb, offsets = colour.neutralize_background(rgb)
         notes["BKGNEUT"] = ",".join(f"{o:.3g}" for o in offsets)
-    if cc["calibration"] == "stars":
+    method = cc["calibration"]
+    if method == "photometric":
+        pc = cc["photometric"]
+        try:
+            if not pc["catalogue"]:
+                raise ValueError("colour.photometric.catalogue is not set")
+            rgb, gains, info = colour.calibrate_photometric(
+                rgb, header, pc["catalogue"], pc["bands"], pc["white_bv"], pc["match_radius"]
+            )
+            notes["COLCAL"] = f"photometric, {info['stars']} stars, B-V {pc['white_bv']} white"
+            notes["CCGAINS"] = ",".join(f"{g:.4f}" for g in gains)
+            log.info("photometric colour calibration: gains %s, %s", notes["CCGAINS"], info)
+            return rgb
+        except ValueError as e:
+            log.warning("photometric colour calibration not possible (%s): calibrating by stars", e)
+            method = "stars"
+    if method == "stars":
         try:
             rgb, gains = colour.calibrate_by_stars(rgb, cc["white_reference"])
+            notes["COLCAL"] = "stars (average star is white_reference)"
             notes["CCGAINS"] = ",".join(f"{g:.4f}" for g in gains)
         except ValueError as e:
             log.warning("colour calibration skipped: %s", e)
@@ -330,9 +345,7 @@ def _header(headers: dict, name: str, notes: dict, history) -> fits.Header:
     ):
         if key in first:
             h[key] = first[key]
-    for card in first.cards:  # the WCS, when the integration carries one
-        if card.keyword.startswith(WCS_KEYS) or card.keyword in WCS_SCALARS:
-            h[card.keyword] = (card.value, card.comment)
+    copy_wcs(first, h)  # the WCS, when the integration carries one
     h["IMAGETYP"] = "Master light"
     h["ASTROFLW"] = ("finalimage", "astroflow final image")
     h["PRODUCT"] = name

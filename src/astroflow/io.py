@@ -185,6 +185,29 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+# celestial WCS cards (TAN and SIP distortion, as astrometry.net writes them)
+WCS_PREFIXES = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CD1_", "CD2_", "PC1_", "PC2_", "CUNIT", "CROTA")
+WCS_PREFIXES += ("A_", "B_", "AP_", "BP_")
+WCS_SCALARS = ("EQUINOX", "RADESYS", "LONPOLE", "LATPOLE", "WCSAXES")
+
+
+def _is_wcs(keyword: str) -> bool:
+    return keyword.startswith(WCS_PREFIXES) or keyword in WCS_SCALARS
+
+
+def copy_wcs(src: fits.Header, dst: fits.Header) -> fits.Header:
+    """Replace ``dst``'s WCS cards by ``src``'s (none if ``src`` has none); returns ``dst``.
+
+    Registered frames take the reference's WCS: after warping they share its pixel grid.
+    """
+    for key in {c.keyword for c in dst.cards if _is_wcs(c.keyword)}:
+        dst.remove(key, remove_all=True)
+    for card in src.cards:
+        if _is_wcs(card.keyword):
+            dst[card.keyword] = (card.value, card.comment)
+    return dst
+
+
 def add_history(header: fits.Header, options: list[str]) -> fits.Header:
     """AutoIntegrate-style HISTORY: version, processing date (UTC), then each non-default option."""
     from . import __version__

@@ -20,7 +20,7 @@ from astropy.io import fits
 from . import __version__, cosmetic, integrate, measure, register
 from .calibrate import calibrate_light, master
 from .debayer import debayer, effective_pattern
-from .io import FrameError, add_history, fits_data_memmap, read_image, write_fits
+from .io import FrameError, add_history, copy_wcs, fits_data_memmap, read_image, write_fits
 
 log = logging.getLogger("astroflow")
 
@@ -259,7 +259,7 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     ref = json.loads(Path(reference_json).read_text())
     ref_xy = np.asarray(ref["stars"], float)
-    ref_img, _, _ = read_image(ref["file"])
+    ref_img, ref_header, _ = read_image(ref["file"])
     ref_lum = ref_img.mean(axis=0) if ref_img.ndim == 3 else ref_img
     shape = ref_lum.shape
     rc = cfg["registration"]
@@ -296,6 +296,7 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
             out = register.warp(img, reg.matrix, shape, rc["clamping"], rc["interpolation"])
             name = row["file"].replace("_c.fits", "_r.fits")
             header["HISTORY"] = f"registered to {Path(ref['path']).name} ({reg.method}, {reg.matches} stars)"
+            copy_wcs(ref_header, header)
             write_fits(out_dir / name, out, header)
             a = reg.matrix
             rec.update(
@@ -377,6 +378,7 @@ def integrate_filter(
     ):
         if key in head:
             h[key] = head[key]
+    copy_wcs(head, h)
     h["IMAGETYP"] = "Master light"
     h["FILTER"] = filt
     exps = ok["exptime"].astype(float)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger("astroflow")
@@ -114,12 +115,12 @@ def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
         filters = sorted(tlights["filter"].unique(), key=lambda f: ("LRGBHSO RGB".find(f), f))
         for filt in filters:
             flights = tlights[tlights["filter"] == filt].sort_values("path")
-            n = int(cfg["batch_size"])
-            for k in range(0, len(flights), n):
-                name = f"{filt}_{k // n:03d}"
-                for idx in flights.index[k : k + n]:
-                    table.loc[idx, "chunk"] = name
-                chunks[name] = [_light_row(table.loc[i]) for i in flights.index[k : k + n]]
+            # at most batch_size lights per job, in chunks of equal size so parallel jobs end together
+            parts = np.array_split(flights.index, -(-len(flights) // int(cfg["batch_size"])))
+            for k, part in enumerate(parts):
+                name = f"{filt}_{k:03d}"
+                table.loc[part, "chunk"] = name
+                chunks[name] = [_light_row(table.loc[i]) for i in part]
         plan[target] = {"masters": masters["masters"], "chunks": chunks, "filters": filters}
         for idx, names in masters["per_light"].items():
             for kind, name in names.items():

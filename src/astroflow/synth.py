@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from scipy.special import erf
+from scipy.special import erf, erfinv
 
+from .colour import blackbody_rgb, bv_to_temperature
 from .io import write_fits
 
 FILTER_NAMES = {
@@ -37,6 +38,8 @@ FILTER_NAMES = {
 SKY = {"L": 5.0, "R": 1.7, "G": 1.7, "B": 1.6, "H": 0.15, "O": 0.15, "S": 0.12, "RGB": 1.7}
 NEBULA = {"L": 0.0, "R": 0.0, "G": 0.0, "B": 0.0, "H": 0.6, "O": 0.3, "S": 0.2, "RGB": 0.0}
 NB_STAR_THROUGHPUT = {"H": 0.01, "O": 0.008, "S": 0.006}
+# Camera + filter response of the R, G, B channels (not white-balanced, as a real camera).
+RGB_RESPONSE = {"R": 0.92, "G": 1.0, "B": 0.85}
 
 
 @dataclass
@@ -67,6 +70,9 @@ class NightSpec:
     stars_per_mpix: float = 480.0
     gradient: float = 0.03
     nebula: bool | None = None  # default: only for narrowband filters
+    star_bv: float = 0.65  # median B-V of the field's stars (0.65: Sun-like; reddened fields ~1.2)
+    ra: float = 314.75  # field centre, ICRS degrees (lights carry a TAN WCS)
+    dec: float = 44.33
     extra: dict = field(default_factory=dict)
 
 
@@ -82,16 +88,20 @@ def _make_stars(rng, spec: NightSpec, margin: float):
     m = np.log10(1 + u * (10 ** (0.3 * 9.5) - 1)) / 0.3
     m[: max(3, n // 400)] = rng.uniform(-1.0, 0.5, size=max(3, n // 400))  # a few saturated stars
     flux_l = 1.0e6 / 120.0 * 10 ** (-0.4 * m)  # e-/s in L; m=0 saturates, m=9.5 ~1.5 sigma
-    colour = rng.uniform(-1, 1, size=n)  # blue (-1) .. red (+1)
+    # B-V normally distributed (sigma 0.45) around the field's median; colour = B-V
+    u = rng.uniform(-1, 1, size=n)
+    bv = np.clip(spec.star_bv + 0.45 * np.sqrt(2) * erfinv(u * 0.999), -0.3, 2.0)
+    # R, G, B: a blackbody of the star's temperature through the passbands and the camera
+    rgb = blackbody_rgb(bv_to_temperature(bv)) * np.array([RGB_RESPONSE[c] for c in "RGB"])
     stars = {
         "x": rng.uniform(-margin, spec.width + margin, size=n),
         "y": rng.uniform(-margin, spec.height + margin, size=n),
         "mag": m,
-        "colour": colour,
+        "colour": bv,
         "L": flux_l,
-        "R": flux_l / 3 * (1 + 0.4 * colour),
-        "G": flux_l / 3,
-        "B": flux_l / 3 * (1 - 0.4 * colour),
+        "R": flux_l * rgb[:, 0],
+        "G": flux_l * rgb[:, 1],
+        "B": flux_l * rgb[:, 2],
     }
     for f, k in NB_STAR_THROUGHPUT.items():
         stars[f] = flux_l * k * rng.uniform(0.5, 1.5, size=n)
@@ -231,6 +241,28 @@ def _header(spec: NightSpec, imagetyp, exptime, date_index, filt=None, temp=-10.
     return h
 
 
+def sky_wcs(spec: NightSpec):
+    """TAN WCS of the sky frame: north up, east left, pixel scale from XPIXSZ and FOCALLEN."""
+    from astropy.wcs import WCS
+
+    scale = 3.76e-3 / 550.0 * 180 / np.pi  # degrees per pixel (the header's XPIXSZ, FOCALLEN)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [spec.ra, spec.dec]
+    wcs.wcs.crpix = [(spec.width + 1) / 2, (spec.height + 1) / 2]
+    wcs.wcs.cd = [[-scale, 0.0], [0.0, scale]]
+    return wcs
+
+
+def _frame_wcs(spec: NightSpec, m: np.ndarray) -> fits.Header:
+    """The sky WCS seen through frame pixel = A @ sky + t (``m`` = [A | t], 0-based pixels)."""
+    wcs = sky_wcs(spec)
+    a, t = m[:, :2], m[:, 2]
+    wcs.wcs.cd = wcs.wcs.cd @ np.linalg.inv(a)
+    wcs.wcs.crpix = a @ (wcs.wcs.crpix - 1) + t + 1
+    return wcs.to_header()
+
+
 def _bayer_channel_map(h, w):
     """Index 0/1/2 (R/G/B) of each pixel for an RGGB mosaic (origin at the first pixel)."""
     cmap = np.ones((h, w), dtype=np.int8)
@@ -310,6 +342,7 @@ def make_night(out_dir: str | Path, spec: NightSpec) -> dict:
             hits = _cosmics(rng, img, int(round(12 * exposure / 120 * h * w / 1024**2)))
             temp = -10.0 + rng.normal(0, 0.2)
             hdr = _header(spec, "Light Frame", exposure, frame_idx * int(exposure + 5), f, temp)
+            hdr.update(_frame_wcs(spec, m))
             name = f"lights/{f}/{spec.object_name.replace(' ', '')}_Light_{f}_{exposure:g}s_{i + 1:04d}.fits"
             write_fits(out / name, _to_adu(rng, img, spec, bias, spec.dtype), hdr)
             truth["frames"].append(
@@ -366,6 +399,13 @@ def make_night(out_dir: str | Path, spec: NightSpec) -> dict:
         fh.write("\t".join(cols) + "\n")
         for row in zip(*(stars[c] for c in cols), strict=False):
             fh.write("\t".join(f"{v:.6g}" for v in row) + "\n")
+    # a catalogue of the field (every star, as a user's export of a real catalogue would be)
+    ra, dec = sky_wcs(spec).all_pix2world(stars["x"], stars["y"], 0)
+    vmag = stars["mag"] + 5.0
+    with open(truth_dir / "catalogue.csv", "w") as fh:
+        fh.write("ra,dec,vmag,b-v\n")
+        for row in zip(ra, dec, vmag, stars["colour"], strict=True):
+            fh.write(",".join(f"{v:.8f}" if i < 2 else f"{v:.3f}" for i, v in enumerate(row)) + "\n")
     with open(truth_dir / "truth.json", "w") as fh:
         json.dump(truth, fh, indent=1)
     return truth

@@ -8,6 +8,8 @@ rule master:
         out("{target}", "masters", "{name}.fits"),
     log:
         out("{target}", "logs", "master_{name}.log"),
+    benchmark:
+        out("{target}", "benchmarks", "master_{name}.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:
@@ -26,6 +28,8 @@ rule bad_pixel_map:
         out("{target}", "masters", "BadPixelMap_{filter}.fits"),
     log:
         out("{target}", "logs", "bad_pixel_map_{filter}.log"),
+    benchmark:
+        out("{target}", "benchmarks", "bad_pixel_map_{filter}.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:

@@ -168,7 +168,12 @@ def final_files(target, product):
 
 
 def final_inputs(wc):
-    return {
+    inputs = {
         f: channel_file(wc.target, f)
         for f in PRODUCTS[wc.target][wc.product]["channels"]
     }
+    # a changed catalogue reruns photometric colour calibration; a missing one is reported there
+    cat = config["colour"]["photometric"]["catalogue"]
+    if config["colour"]["calibration"] == "photometric" and cat and Path(cat).is_file():
+        inputs["catalogue"] = cat
+    return inputs

@@ -11,6 +11,8 @@ rule crop_area:
         out("{target}", "processed", "crop.json"),
     log:
         out("{target}", "logs", "crop_area.log"),
+    benchmark:
+        out("{target}", "benchmarks", "crop_area.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:
@@ -28,6 +30,8 @@ rule crop_channel:
         out("{target}", "processed", "Integration_{filter}_map.fits"),
     log:
         out("{target}", "logs", "crop_{filter}.log"),
+    benchmark:
+        out("{target}", "benchmarks", "crop_{filter}.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:
@@ -44,6 +48,8 @@ rule gradient:
         model=out("{target}", "processed", "AutoBackgroundModel_{filter}.fits"),
     log:
         out("{target}", "logs", "gradient_{filter}.log"),
+    benchmark:
+        out("{target}", "benchmarks", "gradient_{filter}.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:
@@ -63,6 +69,8 @@ rule final_image:
         },
     log:
         out("{target}", "logs", "final_{product}.log"),
+    benchmark:
+        out("{target}", "benchmarks", "final_{product}.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:

@@ -17,6 +17,8 @@ rule integrate:
         coverage=out("{target}", "integration", "Integration_{filter}_coverage.fits"),
     log:
         out("{target}", "logs", "integrate_{filter}.log"),
+    benchmark:
+        out("{target}", "benchmarks", "integrate_{filter}.tsv")
     conda:
         "../../envs/astroflow.yaml"
     resources:
@@ -39,6 +41,8 @@ rule frames_table:
         out("{target}", "frames.tsv"),
     log:
         out("{target}", "logs", "frames_table.log"),
+    benchmark:
+        out("{target}", "benchmarks", "frames_table.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:
@@ -54,6 +58,8 @@ rule run_record:
         versions=out("{target}", "run", "versions.tsv"),
     log:
         out("{target}", "logs", "run_record.log"),
+    benchmark:
+        out("{target}", "benchmarks", "run_record.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:

@@ -9,6 +9,8 @@ rule calibrate:
         directory(out("{target}", "calibrated", "{chunk}")),
     log:
         out("{target}", "logs", "calibrate_{chunk}.log"),
+    benchmark:
+        out("{target}", "benchmarks", "calibrate_{chunk}.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:
@@ -27,6 +29,8 @@ rule reference:
         out("{target}", "reference.json"),
     log:
         out("{target}", "logs", "reference.log"),
+    benchmark:
+        out("{target}", "benchmarks", "reference.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:
@@ -43,6 +47,8 @@ rule register:
         directory(out("{target}", "registered", "{chunk}")),
     log:
         out("{target}", "logs", "register_{chunk}.log"),
+    benchmark:
+        out("{target}", "benchmarks", "register_{chunk}.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:
