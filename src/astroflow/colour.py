@@ -90,9 +90,13 @@ def calibrate_by_stars(
     # median of per-star ratios to green: robust to a few odd-coloured stars
     ratio = np.median(flux / flux[:, 1:2], axis=0) / (ref / ref[1])
     gains = 1.0 / ratio
+    return _apply_gains(rgb, gains), gains
+
+
+def _apply_gains(rgb: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """Scale channels around their true-background levels, so a neutral background stays neutral."""
     levels = background_levels(rgb)
-    out = (rgb - levels[:, None, None]) * gains[:, None, None] + levels.mean()
-    return out.astype(np.float32), gains
+    return ((rgb - levels[:, None, None]) * gains[:, None, None] + levels.mean()).astype(np.float32)
 
 
 # Idealised R, G, B passbands (nm) and the white reference: a G2V star (the Sun) is neutral.
@@ -226,7 +230,5 @@ def calibrate_photometric(
     gains = np.median(predicted / measured, axis=0)
     resid = 2.5 * np.log10(measured * gains / predicted)
     scatter = 1.4826 * np.median(np.abs(resid - np.median(resid, axis=0)), axis=0)
-    levels = background_levels(rgb)
-    out = (rgb - levels[:, None, None]) * gains[:, None, None] + levels.mean()
     info = {"stars": int(use.sum()), "scatter_mag": [float(v) for v in scatter[[0, 2]]]}
-    return out.astype(np.float32), gains, info
+    return _apply_gains(rgb, gains), gains, info

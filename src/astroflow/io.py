@@ -186,8 +186,22 @@ def atomic_path(path: str | os.PathLike):
 
 
 # celestial WCS cards (TAN and SIP distortion, as astrometry.net writes them)
-WCS_PREFIXES = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CD1_", "CD2_", "PC1_", "PC2_", "CUNIT", "CROTA")
-WCS_PREFIXES += ("A_", "B_", "AP_", "BP_")
+WCS_PREFIXES = (
+    "CTYPE",
+    "CRPIX",
+    "CRVAL",
+    "CDELT",
+    "CD1_",
+    "CD2_",
+    "PC1_",
+    "PC2_",
+    "CUNIT",
+    "CROTA",
+    "A_",
+    "B_",
+    "AP_",
+    "BP_",
+)
 WCS_SCALARS = ("EQUINOX", "RADESYS", "LONPOLE", "LATPOLE", "WCSAXES")
 
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 import sep
-from scipy import optimize
+from scipy import ndimage, optimize
+from scipy.spatial import cKDTree
 
 from .measure import detect_stars
-from .register import apply, register
+from .register import apply, refine, register
 
 
 def _affine(m):
@@ -44,8 +45,6 @@ def sky_to_image(image: np.ndarray, truth: dict, band: str, guess: np.ndarray | 
     sky_xy = np.column_stack([stars["x"], stars["y"]])[order[:400]]
     img_xy = np.column_stack([det["x"], det["y"]])
     if guess is not None:
-        from .register import refine
-
         m, pairs, _ = refine(sky_xy, img_xy, guess, "affine")
         if len(pairs) >= 10:
             return m
@@ -127,8 +126,6 @@ def score(
     mask = _star_mask(image.shape, xy, flux_e, true_fwhm)
 
     # isolated stars: no brighter-than-1% neighbour within 12 px
-    from scipy.spatial import cKDTree
-
     tree = cKDTree(xy)
     iso = np.array(
         [
@@ -199,9 +196,6 @@ def _matched_filter(sub, mask, xy, flux_e, calib, faint, fwhm, threshold=5.0):
     robust sigma over star-free pixels, divided by the filter's response per truth electron
     (median over the ``calib`` stars), is the noise of a PSF-weighted flux.
     """
-    from scipy import ndimage
-    from scipy.spatial import cKDTree
-
     s = fwhm / 2.3548
     filt = ndimage.gaussian_filter(sub.astype(np.float64), s, truncate=3.0)
     free = ~ndimage.binary_dilation(mask, iterations=int(3 * s) + 2)

@@ -38,6 +38,8 @@ FILTER_NAMES = {
 SKY = {"L": 5.0, "R": 1.7, "G": 1.7, "B": 1.6, "H": 0.15, "O": 0.15, "S": 0.12, "RGB": 1.7}
 NEBULA = {"L": 0.0, "R": 0.0, "G": 0.0, "B": 0.0, "H": 0.6, "O": 0.3, "S": 0.2, "RGB": 0.0}
 NB_STAR_THROUGHPUT = {"H": 0.01, "O": 0.008, "S": 0.006}
+# Optics written to the headers and used for the WCS: pixel size (um), focal length (mm).
+PIXEL_SIZE_UM, FOCAL_LENGTH_MM = 3.76, 550.0
 # Camera + filter response of the R, G, B channels (not white-balanced, as a real camera).
 RGB_RESPONSE = {"R": 0.92, "G": 1.0, "B": 0.85}
 
@@ -228,9 +230,9 @@ def _header(spec: NightSpec, imagetyp, exptime, date_index, filt=None, temp=-10.
     h["XBINNING"], h["YBINNING"] = 1, 1
     h["GAIN"], h["OFFSET"], h["EGAIN"] = 100, 50, spec.egain
     h["CCD-TEMP"], h["SET-TEMP"] = round(temp, 2), -10.0
-    h["XPIXSZ"], h["YPIXSZ"] = 3.76, 3.76
+    h["XPIXSZ"], h["YPIXSZ"] = PIXEL_SIZE_UM, PIXEL_SIZE_UM
     h["INSTRUME"] = "ZWO ASI2600MC Pro" if spec.osc else "ZWO ASI2600MM Pro"
-    h["TELESCOP"], h["FOCALLEN"] = "Sky-Watcher Esprit 100ED", 550.0
+    h["TELESCOP"], h["FOCALLEN"] = "Sky-Watcher Esprit 100ED", FOCAL_LENGTH_MM
     if imagetyp.startswith("Light"):
         h["OBJECT"] = spec.object_name
     if spec.osc:
@@ -245,7 +247,7 @@ def sky_wcs(spec: NightSpec):
     """TAN WCS of the sky frame: north up, east left, pixel scale from XPIXSZ and FOCALLEN."""
     from astropy.wcs import WCS
 
-    scale = 3.76e-3 / 550.0 * 180 / np.pi  # degrees per pixel (the header's XPIXSZ, FOCALLEN)
+    scale = PIXEL_SIZE_UM * 1e-3 / FOCAL_LENGTH_MM * 180 / np.pi  # degrees per pixel
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.crval = [spec.ra, spec.dec]
