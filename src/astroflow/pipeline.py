@@ -362,6 +362,8 @@ def integrate_filter(
         reference=ref,
         memory_mb=ic["memory_mb"],
         combine=ic["combination"],
+        grow=ic["grow"] if n >= 3 else 0,
+        grow_sigma=ic["grow_sigma"],
     )
     head = fits.getheader(Path(ok.loc[ref, "dir"]) / ok.loc[ref, "registered"])
     h = fits.Header()
