@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.wcs import WCS
 
-from . import background, colour, combine, crop, enhance, palettes, stars, stretch
+from . import background, colour, combine, crop, enhance, palettes, platesolve, stars, stretch
 from .io import ADU_FULL_SCALE, add_history, atomic_path, copy_wcs, read_image, write_fits, write_xisf
 
 log = logging.getLogger("astroflow")
@@ -275,6 +276,12 @@ def _colour(rgb, header, cfg, notes):
         try:
             if not pc["catalogue"]:
                 raise ValueError("colour.photometric.catalogue is not set")
+            if pc["plate_solve"] and not WCS(header, naxis=2).has_celestial:
+                copy_wcs(
+                    platesolve.solve(rgb.mean(axis=0), header, pc["solve_field"], pc["solve_timeout"]), header
+                )
+                notes["PLTSOLVD"] = (True, "WCS from astrometry.net solve-field")
+                log.info("plate solved with astrometry.net")
             rgb, gains, info = colour.calibrate_photometric(
                 rgb, header, pc["catalogue"], pc["bands"], pc["white_bv"], pc["match_radius"]
             )
