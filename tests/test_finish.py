@@ -1,5 +1,7 @@
 """Unit tests of the post-integration library: palettes, stretches, crop, gradients, colour, stars."""
 
+import sys
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -332,3 +334,26 @@ def test_photometric_colour_errors_name_the_problem(tmp_path):
     _, gains_t, _ = calibrate_photometric(rgb, header, tmp_path / "tycho.csv")
     _, gains, _ = calibrate_photometric(rgb, header, cat)
     np.testing.assert_allclose(gains_t, gains, rtol=0.01)
+
+
+def test_starnet_adapter_runs_an_external_command(tmp_path):
+    """A stand-in with StarNet2's command line (IN.tif OUT.tif) that replaces stars by the sky."""
+    from astroflow.stars import starnet
+
+    fake = tmp_path / "fake-starnet"
+    fake.write_text(
+        "#!" + sys.executable + "\n"
+        "import sys, numpy as np, tifffile\n"
+        "img = tifffile.imread(sys.argv[1])\n"
+        "tifffile.imwrite(sys.argv[2], np.full_like(img, np.median(img)))\n"
+    )
+    fake.chmod(0o755)
+    img = np.full((3, 40, 50), 0.2, np.float32)
+    img[:, 20, 25] = 0.9  # a star
+    starless, star_img = starnet(img, str(fake))
+    np.testing.assert_allclose(starless, 0.2, atol=1e-4)
+    assert star_img[:, 20, 25].min() > 0.8 and np.abs(star_img[:, :10]).max() < 1e-3
+    with pytest.raises(RuntimeError, match="failed"):
+        starnet(img, "false")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        starnet(img, "no-such-starnet")
