@@ -349,14 +349,11 @@ def integrate(
             for i, src in enumerate(sources):
                 band[i] = src[ya:yb] if mono else src[c, ya:yb]
             band = _normalise(band, norms, norms[reference], normalisation, c)
-            lo, hi = reject(band.reshape(n, -1), rejection, low, high)
+            lo, hi = (m.reshape(band.shape) for m in reject(band.reshape(n, -1), rejection, low, high))
             if grow > 0:
-                hi = grow_high(band, hi.reshape(band.shape), grow, grow_sigma)
-            inner = slice(y0 - ya, y0 - ya + (y1 - y0))
-            band = band[:, inner]
-            lo = lo.reshape(n, yb - ya, nx)[:, inner].reshape(n, -1)
-            hi = hi.reshape(n, yb - ya, nx)[:, inner].reshape(n, -1)
-            flat = band.reshape(n, -1)
+                hi = grow_high(band, hi, grow, grow_sigma)
+            inner = slice(y0 - ya, y1 - ya)
+            flat, lo, hi = (a[:, inner].reshape(n, -1) for a in (band, lo, hi))
             keep = np.isfinite(flat) & ~lo & ~hi
             valid = np.isfinite(flat).sum(0)
             if combine == "median":
@@ -398,12 +395,10 @@ def grow_high(band: np.ndarray, hi: np.ndarray, radius: int, k: float) -> np.nda
     if cols.size == 0:
         return hi
     n = band.shape[0]
-    x = band.reshape(n, -1)[:, cols]
-    x = np.where(hi.reshape(n, -1)[:, cols], np.nan, x)  # the outliers must not set the scale
+    out = hi.reshape(n, -1).copy()
+    x = np.where(out[:, cols], np.nan, band.reshape(n, -1)[:, cols])  # outliers must not set the scale
     med = bn.nanmedian(x, axis=0)
     sigma = 1.4826 * bn.nanmedian(np.abs(x - med), axis=0)
     with np.errstate(invalid="ignore"):
-        extra = near.reshape(n, -1)[:, cols] & (x > med + k * sigma)
-    out = hi.reshape(n, -1).copy()
-    out[:, cols] |= extra
+        out[:, cols] |= near.reshape(n, -1)[:, cols] & (x > med + k * sigma)
     return out.reshape(hi.shape)
