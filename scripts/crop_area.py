@@ -4,5 +4,5 @@ from astroflow.finish import crop_area
 from astroflow.pipeline import setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-setup_logging(sm.log[0])
+setup_logging(sm.log[0], sm.threads)
 crop_area(list(sm.input), sm.output[0], sm.params.cfg)

@@ -4,5 +4,5 @@ from astroflow.finish import crop_channel
 from astroflow.pipeline import setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-setup_logging(sm.log[0])
+setup_logging(sm.log[0], sm.threads)
 crop_channel(sm.input.image, sm.input.info, sm.output[0])

@@ -4,7 +4,7 @@ from astroflow.finish import make_product
 from astroflow.pipeline import setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-setup_logging(sm.log[0])
+setup_logging(sm.log[0], sm.threads)
 make_product(
     sm.wildcards.product,
     sm.params.spec,

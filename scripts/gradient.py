@@ -4,5 +4,5 @@ from astroflow.finish import gradient_channel
 from astroflow.pipeline import setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-setup_logging(sm.log[0])
+setup_logging(sm.log[0], sm.threads)
 gradient_channel(sm.input[0], sm.output.image, sm.output.model, sm.params.cfg)

@@ -3,5 +3,5 @@
 from astroflow.pipeline import register_chunk, setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-setup_logging(sm.log[0])
+setup_logging(sm.log[0], sm.threads)
 register_chunk(sm.input.calibrated, sm.input.reference, sm.output[0], sm.params.cfg)

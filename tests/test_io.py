@@ -1,4 +1,5 @@
 import importlib.resources
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +69,13 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     before = target.read_bytes()
 
     def boom(*a, **k):
-        raise RuntimeError("disk full")
+        raise OSError("disk full")
 
-    monkeypatch.setattr(fits.PrimaryHDU, "writeto", boom)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(os, "pwrite", boom)  # the float32 writer's data writes
+    with pytest.raises(OSError):
         write_fits(target, np.zeros((4, 4), np.float32))
+    monkeypatch.setattr(fits.PrimaryHDU, "writeto", boom)  # other types go through astropy
+    with pytest.raises(OSError):
+        write_fits(target, np.zeros((4, 4), np.uint8))
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.fits"]

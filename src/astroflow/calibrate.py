@@ -16,7 +16,28 @@ import numpy as np
 from astropy.io import fits
 
 from . import integrate as integ
-from .io import FrameError, read_image
+from .io import FrameError, open_rows, read_header
+
+
+class _Calibrated:
+    """A frame's rows minus those of master(s) (bias, flat-dark), sliced like the frame."""
+
+    def __init__(self, rows, subtract: list[np.ndarray]):
+        self.rows, self.subtract, self.shape = rows, subtract, rows.shape
+
+    def __getitem__(self, key):
+        data = np.array(self.rows[key], np.float32)
+        for m in self.subtract:
+            data -= m[key]
+        return data
+
+
+def _frame_median(frame) -> float:
+    """Median (ADU) of a band-readable frame from ~512 of its rows: a flat's normalisation level."""
+    ny = frame.shape[-2]
+    step = max(1, ny // 512)
+    sample = np.concatenate([np.ravel(frame[y : y + 1]) for y in range(0, ny, step)])
+    return float(np.nanmedian(sample))
 
 
 def master(
@@ -25,48 +46,48 @@ def master(
     rejection: str = "auto",
     bias: np.ndarray | None = None,
     dark: np.ndarray | None = None,
+    memory_mb: float = 512,
 ):
     """Build a master of ``kind`` (bias, dark, flatdark, flat) from the given files.
 
-    Unreadable files or frames whose shape differs from the first readable one are skipped with a
-    note. Returns ``(data, header, notes)``; raises :class:`FrameError` when no frame is usable.
+    Frames are read band by band (``memory_mb``), so a master of many 26 MP frames needs no more
+    memory than one of three. Unreadable files or frames whose shape differs from the first
+    readable one are skipped with a note. Returns ``(data, header, notes)``; raises
+    :class:`FrameError` when no frame is usable.
     """
     frames, notes, headers = [], [], []
     for p in paths:
         try:
-            data, header, _ = read_image(p)
+            header = read_header(p)
+            rows = open_rows(p)
         except FrameError as exc:
             notes.append(f"skipped {exc}")
             continue
-        if frames and data.shape != frames[0].shape:
-            notes.append(f"skipped {p}: shape {data.shape} differs from {frames[0].shape}")
+        if frames and rows.shape != frames[0].shape:
+            notes.append(f"skipped {p}: shape {rows.shape} differs from {frames[0].shape}")
             continue
-        if bias is not None:
-            data = data - bias
-        if dark is not None:  # flat-darks share the flats' exposure
-            data = data - dark
-        frames.append(data.astype(np.float32))
+        subtract = [m for m in (bias, dark) if m is not None]  # flat-darks share the flats' exposure
+        frames.append(_Calibrated(rows, subtract) if subtract else rows)
         headers.append(header)
     if not frames:
         raise FrameError(f"no usable {kind} frame among {len(paths)} file(s): " + "; ".join(notes))
-    if len(frames) == 1:
-        result = frames[0]
-        method = "single frame"
+    n = len(frames)
+    if kind == "flat":
+        method, low, high, norm = "percentile", 0.2, 0.1, "multiplicative"
     else:
-        n = len(frames)
-        if kind == "flat":
-            method, low, high, norm = "percentile", 0.2, 0.1, "multiplicative"
-        else:
-            method = integ.auto_rejection(max(n, 3)) if rejection == "auto" else rejection
-            low, high = integ.DEFAULT_PARAMS[method]
-            norm = "none"
-        if n < 3:
-            method = "none"
-        norms = []
-        for f in frames:
-            loc = np.atleast_1d(np.nanmedian(f.reshape(f.shape[0], -1) if f.ndim == 3 else f, axis=-1))
-            norms.append(integ.FrameNorm(loc=loc, scale=np.ones_like(loc), weight=1.0))
-        result = integ.integrate(frames, norms, method, low, high, normalisation=norm)[0]
+        method = integ.auto_rejection(max(n, 3)) if rejection == "auto" else rejection
+        low, high = integ.DEFAULT_PARAMS[method]
+        norm = "none"
+    if n < 3:
+        method = "none" if n > 1 else "single frame"
+    channels = 1 if len(frames[0].shape) == 2 else frames[0].shape[0]
+    norms = []
+    for f in frames:
+        loc = np.full(channels, _frame_median(f) if norm != "none" else 0.0)
+        norms.append(integ.FrameNorm(loc=loc, scale=np.ones(channels), weight=1.0))
+    result = integ.integrate(
+        frames, norms, "none" if n < 3 else method, low, high, normalisation=norm, memory_mb=memory_mb
+    )[0]
     if kind == "flat":
         med = np.nanmedian(result)
         if not np.isfinite(med) or med <= 0:
@@ -120,5 +141,6 @@ def calibrate_light(
         out -= bias
     if flat is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
-            out /= np.where(flat > 0.05, flat, np.nan).astype(np.float32)
+            out /= flat
+        out[flat <= 0.05] = np.nan  # dead or unlit: repaired by the cosmetic correction
     return out

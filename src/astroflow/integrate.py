@@ -44,10 +44,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import bottleneck as bn
 import numba
 import numpy as np
-from scipy import ndimage
 from scipy.special import ndtri, stdtrit  # scipy.stats would add 0.3 s to every job's start
 
 REJECTIONS = ("none", "percentile", "sigma", "winsorized", "linear", "esd")
@@ -60,6 +58,11 @@ DEFAULT_PARAMS = {
     "none": (0.0, 0.0),
 }
 MIN_KEEP = 3  # iterative methods never reject a pixel's column below this many values
+
+
+def set_threads(threads: int) -> None:
+    """Threads of the compiled kernels (results do not depend on it)."""
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
 
 
 def auto_rejection(n_frames: int, mode: str = "auto2") -> str:
@@ -75,14 +78,15 @@ def auto_rejection(n_frames: int, mode: str = "auto2") -> str:
 
 def reject(stack: np.ndarray, method: str, low: float, high: float, max_iter: int = 10):
     """Boolean masks ``(low_rejected, high_rejected)`` for a ``(N, P)`` stack with NaN gaps."""
-    x = np.asarray(stack, dtype=np.float32)
+    state = reject_state(np.asarray(stack, dtype=np.float32), method, low, high, max_iter)
+    return state == 1, state == 2
+
+
+def reject_state(x: np.ndarray, method: str, low: float, high: float, max_iter: int = 10) -> np.ndarray:
+    """Per-value rejection state of a float32 ``(N, P)`` stack: 0 kept, 1 low, 2 high (uint8)."""
     n = x.shape[0]
     if method == "none" or n < 3:
-        return np.zeros(x.shape, bool), np.zeros(x.shape, bool)
-    if method == "percentile":
-        med = bn.nanmedian(x, axis=0)
-        with np.errstate(invalid="ignore"):
-            return (med - x) > low * np.abs(med), (x - med) > high * np.abs(med)
+        return np.zeros(x.shape, np.uint8)
     if method not in _METHOD_CODE:
         raise ValueError(f"unknown rejection method {method!r}; choose one of {REJECTIONS}")
     r_max = max(1, int(n * low)) if method == "esd" else 1
@@ -92,8 +96,7 @@ def reject(stack: np.ndarray, method: str, low: float, high: float, max_iter: in
         table = _normal_scores(n)
     else:
         table = np.zeros((n + 1, 2))
-    state = _reject_columns(x, _METHOD_CODE[method], float(low), float(high), max_iter, table, r_max)
-    return state == 1, state == 2
+    return _reject_columns(x, _METHOD_CODE[method], float(low), float(high), max_iter, table, r_max)
 
 
 def _normal_scores(n_max: int) -> np.ndarray:
@@ -119,10 +122,35 @@ def _esd_lambda(n_max: int, r_max: int, alpha: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Column kernels (numba): one pass per pixel column over its valid values, no (N, P) temporaries.
-# Columns are independent, so the parallel loop gives the same result for any thread count.
+# Column kernels (numba): one pass per pixel column over its valid values. Columns are processed
+# in blocks that share scratch buffers (an allocation per column cost more than the statistics),
+# and are independent, so the parallel loops give the same result for any thread count.
 
-_METHOD_CODE = {"sigma": 0, "winsorized": 1, "linear": 2, "esd": 3}
+_METHOD_CODE = {"sigma": 0, "winsorized": 1, "linear": 2, "esd": 3, "percentile": 4}
+_BLOCK = 2048  # columns per parallel task
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_with_index(s, idx, m):
+    """Sort ``s[:m]`` ascending in place, carrying ``idx[:m]`` along (insertion sort: m is small)."""
+    for i in range(1, m):
+        v, k = s[i], idx[i]
+        j = i - 1
+        while j >= 0 and s[j] > v:
+            s[j + 1], idx[j + 1] = s[j], idx[j]
+            j -= 1
+        s[j + 1], idx[j + 1] = v, k
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort(s, m):
+    for i in range(1, m):
+        v = s[i]
+        j = i - 1
+        while j >= 0 and s[j] > v:
+            s[j + 1] = s[j]
+            j -= 1
+        s[j + 1] = v
 
 
 @numba.njit(cache=True, nogil=True)
@@ -139,18 +167,28 @@ def _quantile_sorted(s, n, q):
 
 
 @numba.njit(cache=True, nogil=True)
-def _column(v, code, low, high, max_iter, table, r_max, state):
-    """Reject in one column ``v`` (valid values only); ``state``: 0 kept, 1 low, 2 high.
+def _column(v, n_all, code, low, high, max_iter, table, r_max, state, s, sidx, dev, alive, removed, below):
+    """Reject in one column ``v[:n_all]`` (valid values only); ``state``: 0 kept, 1 low, 2 high.
 
-    ``table`` holds ESD critical values ``[n, step]`` or normal scores ``[n, rank]`` (linear fit).
+    ``table`` holds ESD critical values ``[n, step]`` or normal scores ``[n, rank]`` (linear fit);
+    ``s, sidx, dev, alive, removed, below`` are scratch buffers of at least ``n_all`` entries.
     """
-    n_all = v.size
-    act = np.empty(n_all, np.float64)
-    idx = np.empty(n_all, np.int64)
+    if code == 4:  # percentile, around the median of all values
+        for k in range(n_all):
+            s[k] = v[k]
+        _sort(s, n_all)
+        med = _median_sorted(s, n_all)
+        for k in range(n_all):
+            if med - v[k] > low * abs(med):
+                state[k] = 1
+            elif v[k] - med > high * abs(med):
+                state[k] = 2
+        return
     if code == 3:  # generalized ESD
-        alive = np.ones(n_all, np.bool_)
-        removed = np.full(r_max, -1, np.int64)
-        below = np.zeros(r_max, np.bool_)
+        for k in range(n_all):
+            alive[k] = True
+        for k in range(r_max):
+            removed[k] = -1
         count = 0
         for i in range(1, r_max + 1):
             m = n_all - i + 1
@@ -185,34 +223,34 @@ def _column(v, code, low, high, max_iter, table, r_max, state):
         m = 0
         for k in range(n_all):
             if state[k] == 0:
-                act[m] = v[k]
-                idx[m] = k
+                s[m] = v[k]
+                sidx[m] = k
                 m += 1
         if m <= MIN_KEEP:
             return
-        s = np.sort(act[:m])
+        _sort_with_index(s, sidx, m)
         med = _median_sorted(s, m)
         changed = False
         if code == 2:  # line through the sorted values against their normal scores
             q1 = _quantile_sorted(s, m, 0.25)
             sd = (_quantile_sorted(s, m, 0.75) - q1) / 1.3490  # slope = sigma, from the quartiles
-            order = np.argsort(act[:m])
             for r in range(m):
-                k = order[r]
-                resid = act[k] - (med + sd * table[m, r])
+                resid = s[r] - (med + sd * table[m, r])
                 if resid < -low * sd:
-                    state[idx[k]] = 1
+                    state[sidx[r]] = 1
                     changed = True
                 elif resid > high * sd:
-                    state[idx[k]] = 2
+                    state[sidx[r]] = 2
                     changed = True
         else:
+            sd = 0.0
+            total = 0.0
+            mad = 0.0
             if code == 1:  # winsorized: Huber sigma from values clipped at 1.5 sigma (Siril)
                 mean = 0.0
                 for k in range(m):
                     mean += s[k]
                 mean /= m
-                sd = 0.0
                 for k in range(m):
                     sd += (s[k] - mean) ** 2
                 sd = np.sqrt(sd / m)
@@ -231,22 +269,20 @@ def _column(v, code, low, high, max_iter, table, r_max, state):
                     if done:
                         break
             else:  # sigma: leave-one-out deviation, never below 1.4826 * MAD
-                dev = np.empty(m)
                 for k in range(m):
                     dev[k] = abs(s[k] - med)
-                mad = 1.4826 * _median_sorted(np.sort(dev), m)
-                total = 0.0
-                for k in range(m):
-                    total += (act[k] - med) ** 2
-            for k in range(m):
+                    total += (s[k] - med) ** 2
+                _sort(dev, m)
+                mad = 1.4826 * _median_sorted(dev, m)
+            for r in range(m):
                 if code == 0:
-                    loo = np.sqrt(max(total - (act[k] - med) ** 2, 0.0) / max(m - 2, 1))
+                    loo = np.sqrt(max(total - (s[r] - med) ** 2, 0.0) / max(m - 2, 1))
                     sd = max(mad, loo)
-                if act[k] < med - low * sd:
-                    state[idx[k]] = 1
+                if s[r] < med - low * sd:
+                    state[sidx[r]] = 1
                     changed = True
-                elif act[k] > med + high * sd:
-                    state[idx[k]] = 2
+                elif s[r] > med + high * sd:
+                    state[sidx[r]] = 2
                     changed = True
         if not changed:
             return
@@ -256,26 +292,128 @@ def _column(v, code, low, high, max_iter, table, r_max, state):
 def _reject_columns(x, code, low, high, max_iter, table, r_max):
     n, p = x.shape
     out = np.zeros((n, p), np.uint8)
-    for j in numba.prange(p):
-        m = 0
-        for i in range(n):
-            if np.isfinite(x[i, j]):
-                m += 1
-        if m < 3:
-            continue
-        v = np.empty(m, np.float64)
-        where = np.empty(m, np.int64)
-        m = 0
-        for i in range(n):
-            if np.isfinite(x[i, j]):
-                v[m] = x[i, j]
-                where[m] = i
-                m += 1
-        state = np.zeros(m, np.uint8)
-        _column(v, code, low, high, max_iter, table, r_max, state)
-        for k in range(m):
-            out[where[k], j] = state[k]
+    for b in numba.prange((p + _BLOCK - 1) // _BLOCK):
+        v = np.empty(n, np.float64)
+        where = np.empty(n, np.int64)
+        state = np.empty(n, np.uint8)
+        s = np.empty(n, np.float64)
+        sidx = np.empty(n, np.int64)
+        dev = np.empty(n, np.float64)
+        alive = np.empty(n, np.bool_)
+        removed = np.empty(max(r_max, 1), np.int64)
+        below = np.empty(max(r_max, 1), np.bool_)
+        for j in range(b * _BLOCK, min(p, (b + 1) * _BLOCK)):
+            m = 0
+            for i in range(n):
+                if np.isfinite(x[i, j]):
+                    v[m] = x[i, j]
+                    where[m] = i
+                    state[m] = 0
+                    m += 1
+            if m < 3:
+                continue
+            _column(v, m, code, low, high, max_iter, table, r_max, state, s, sidx, dev, alive, removed, below)
+            for k in range(m):
+                out[where[k], j] = state[k]
     return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _normalise_inplace(x, gain, offset):
+    """``x[i] = x[i] * gain[i] + offset[i]`` for a ``(N, P)`` float32 band."""
+    n, p = x.shape
+    for b in numba.prange((p + _BLOCK - 1) // _BLOCK):
+        for i in range(n):
+            g, o = np.float32(gain[i]), np.float32(offset[i])
+            for j in range(b * _BLOCK, min(p, (b + 1) * _BLOCK)):
+                x[i, j] = x[i, j] * g + o
+
+
+@numba.njit(cache=True, parallel=True)
+def _grow_high(x, state, radius, k):
+    """Clip-high growth on a ``(N, rows, nx)`` band in place (see :func:`grow_high`)."""
+    n, ny, nx = x.shape
+    near = np.zeros((n, ny, nx), np.bool_)
+    for i in numba.prange(n):
+        for y in range(ny):
+            for xx in range(nx):
+                if state[i, y, xx] == 2:
+                    for yy in range(max(0, y - radius), min(ny, y + radius + 1)):
+                        for xq in range(max(0, xx - radius), min(nx, xx + radius + 1)):
+                            if state[i, yy, xq] == 0 and np.isfinite(x[i, yy, xq]):
+                                near[i, yy, xq] = True
+    for y in numba.prange(ny):
+        vals = np.empty(n, np.float64)
+        for xx in range(nx):
+            any_near = False
+            for i in range(n):
+                if near[i, y, xx]:
+                    any_near = True
+                    break
+            if not any_near:
+                continue
+            m = 0
+            for i in range(n):  # outliers must not set the scale: high rejections are left out
+                if state[i, y, xx] != 2 and np.isfinite(x[i, y, xx]):
+                    vals[m] = x[i, y, xx]
+                    m += 1
+            if m == 0:
+                continue
+            _sort(vals, m)
+            med = _median_sorted(vals, m)
+            for i in range(m):
+                vals[i] = abs(vals[i] - med)
+            _sort(vals, m)
+            limit = med + k * 1.4826 * _median_sorted(vals, m)
+            for i in range(n):
+                if near[i, y, xx] and x[i, y, xx] > limit:
+                    state[i, y, xx] = 2
+
+
+@numba.njit(cache=True, parallel=True)
+def _combine_columns(x, state, weights, median, value, low_frac, high_frac, valid):
+    """Weighted average (or median) of the kept values of each column of a ``(N, P)`` band.
+
+    Writes per column: ``value`` (NaN-free, 0 where nothing is kept), the fraction of valid
+    values rejected low / high, and the number of valid values.
+    """
+    n, p = x.shape
+    for b in numba.prange((p + _BLOCK - 1) // _BLOCK):
+        s = np.empty(n, np.float64)
+        for j in range(b * _BLOCK, min(p, (b + 1) * _BLOCK)):
+            num = 0.0
+            den = 0.0
+            nv = 0
+            nl = 0
+            nh = 0
+            m = 0
+            for i in range(n):
+                v = x[i, j]
+                if not np.isfinite(v):
+                    continue
+                nv += 1
+                st = state[i, j]
+                if st == 1:
+                    nl += 1
+                elif st == 2:
+                    nh += 1
+                elif median:
+                    s[m] = v
+                    m += 1
+                else:
+                    num += weights[i] * v
+                    den += weights[i]
+            if median:
+                if m > 0:
+                    _sort(s, m)
+                    value[j] = _median_sorted(s, m)
+                else:
+                    value[j] = 0.0
+            else:
+                value[j] = num / den if den > 0 else 0.0
+            valid[j] = nv
+            low_frac[j] = nl / max(nv, 1)
+            high_frac[j] = nh / max(nv, 1)
 
 
 @dataclass
@@ -287,27 +425,31 @@ class FrameNorm:
     weight: float
 
 
-def _normalise(band: np.ndarray, norms: list[FrameNorm], ref: FrameNorm, mode: str, channel: int):
+def _norm_coefficients(norms: list[FrameNorm], ref: FrameNorm, mode: str, channel: int):
+    """Per-frame ``(gain, offset)`` with ``x' = x * gain + offset`` (see the module doc)."""
+    n = len(norms)
+    gain, offset = np.ones(n), np.zeros(n)
     for i, nm in enumerate(norms):
         if mode == "additive_scaling":
-            k = ref.scale[channel] / nm.scale[channel]
-            band[i] = (band[i] - nm.loc[channel]) * k + ref.loc[channel]
+            gain[i] = ref.scale[channel] / nm.scale[channel]
+            offset[i] = ref.loc[channel] - nm.loc[channel] * gain[i]
         elif mode == "additive":
-            band[i] += ref.loc[channel] - nm.loc[channel]
+            offset[i] = ref.loc[channel] - nm.loc[channel]
         elif mode == "multiplicative":
-            band[i] *= ref.loc[channel] / nm.loc[channel]
+            gain[i] = ref.loc[channel] / nm.loc[channel]
         elif mode != "none":
             raise ValueError(f"unknown normalisation {mode!r}")
-    return band
+    return gain, offset
 
 
 def band_rows(n_frames: int, width: int, memory_mb: float) -> int:
-    """Rows per band so the working set (about 10 float32 copies of the band) fits memory_mb."""
-    per_row = n_frames * width * 4 * 10
-    return max(1, min(4096, int(memory_mb * 2**20 / per_row)))
+    """Rows per band so the working set (float32 values, rejection state, growth map: 6 bytes
+    per value, plus a read buffer) fits ``memory_mb``."""
+    per_row = n_frames * width * 7
+    return max(1, min(8192, int(memory_mb * 2**20 / per_row)))
 
 
-def integrate(
+def integrate_bands(
     sources: list,
     norms: list[FrameNorm],
     rejection: str,
@@ -315,64 +457,77 @@ def integrate(
     high: float,
     normalisation: str = "additive_scaling",
     reference: int = 0,
-    memory_mb: float = 1024,
+    memory_mb: float = 512,
     combine: str = "average",
     grow: int = 0,
     grow_sigma: float = 2.0,
 ):
-    """Integrate frames given as array-likes of one shape (memory maps are read band by band).
+    """Integrate frames band by band; yields ``(y0, y1, image, rej_low, rej_high, coverage)``.
+
+    ``sources`` are array-likes of one shape, ``(ny, nx)`` or ``(C, ny, nx)``, sliced as
+    ``src[y0:y1]`` / ``src[c, y0:y1]`` (:class:`astroflow.io.FitsRows` reads only those rows,
+    which is what bounds memory by ``memory_mb`` and not by the number of frames). Each band's
+    image and rejection maps are ``(C, rows, nx)`` float32, coverage ``(rows, nx)``.
 
     ``grow`` > 0 extends every high rejection to the pixels within ``grow`` px of it in the same
     frame that lie more than ``grow_sigma`` robust deviations above their column's median
-    (see ``grow_high``). Bands are read with ``grow`` extra rows on each side for it.
-
-    Returns ``(image, rej_low, rej_high, coverage)``: the float32 result in the reference's
-    normalisation, the fraction of frames rejected low/high per pixel, and the number of frames
-    with data per pixel. Pixels with no data at all are 0.
+    (see :func:`grow_high`). Bands are read with ``grow`` extra rows on each side for it.
     """
     shape = sources[0].shape
     mono = len(shape) == 2
     channels = 1 if mono else shape[0]
     ny, nx = shape[-2:]
     n = len(sources)
-    out = np.zeros((channels, ny, nx), np.float32)
-    rej_lo = np.zeros((channels, ny, nx), np.float32)
-    rej_hi = np.zeros((channels, ny, nx), np.float32)
-    coverage = np.zeros((ny, nx), np.float32)
     weights = np.array([nm.weight for nm in norms], np.float64)
+    coeffs = [_norm_coefficients(norms, norms[reference], normalisation, c) for c in range(channels)]
     rows = band_rows(n, nx, memory_mb)
     for y0 in range(0, ny, rows):
         y1 = min(ny, y0 + rows)
         ya, yb = max(0, y0 - grow), min(ny, y1 + grow)  # halo rows for the growth
+        inner = slice((y0 - ya) * nx, (y1 - ya) * nx)
+        image = np.empty((channels, y1 - y0, nx), np.float32)
+        rej_lo, rej_hi = np.empty_like(image), np.empty_like(image)
+        coverage = np.empty((y1 - y0, nx), np.float32)
         for c in range(channels):
-            band = np.empty((n, yb - ya, nx), np.float32)
+            band = np.empty((n, (yb - ya) * nx), np.float32)
             for i, src in enumerate(sources):
-                band[i] = src[ya:yb] if mono else src[c, ya:yb]
-            band = _normalise(band, norms, norms[reference], normalisation, c)
-            lo, hi = (m.reshape(band.shape) for m in reject(band.reshape(n, -1), rejection, low, high))
-            if grow > 0:
-                hi = grow_high(band, hi, grow, grow_sigma)
-            inner = slice(y0 - ya, y1 - ya)
-            flat, lo, hi = (a[:, inner].reshape(n, -1) for a in (band, lo, hi))
-            keep = np.isfinite(flat) & ~lo & ~hi
-            valid = np.isfinite(flat).sum(0)
-            if combine == "median":
-                res = bn.nanmedian(np.where(keep, flat, np.nan), axis=0)
-            else:
-                w = np.where(keep, weights[:, None], 0.0)
-                num = (w * np.where(keep, flat, 0.0)).sum(0)
-                den = w.sum(0)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    res = np.where(den > 0, num / den, np.nan)
-            res = np.nan_to_num(res, nan=0.0)
-            shape2 = (y1 - y0, nx)
-            out[c, y0:y1] = res.reshape(shape2)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rej_lo[c, y0:y1] = (lo.sum(0) / np.maximum(valid, 1)).reshape(shape2)
-                rej_hi[c, y0:y1] = (hi.sum(0) / np.maximum(valid, 1)).reshape(shape2)
+                band[i] = (src[ya:yb] if mono else src[c, ya:yb]).reshape(-1)
+            _normalise_inplace(band, *coeffs[c])
+            state = reject_state(band, rejection, low, high)
+            if grow > 0 and (state == 2).any():
+                _grow_high(band.reshape(n, yb - ya, nx), state.reshape(n, yb - ya, nx), grow, grow_sigma)
+            valid = np.empty((y1 - y0) * nx, np.int32)
+            _combine_columns(
+                band[:, inner],
+                state[:, inner],
+                weights,
+                combine == "median",
+                image[c].reshape(-1),
+                rej_lo[c].reshape(-1),
+                rej_hi[c].reshape(-1),
+                valid,
+            )
             if c == 0:
-                coverage[y0:y1] = valid.reshape(shape2)
-    if mono:
+                coverage[:] = valid.reshape(y1 - y0, nx)
+        yield y0, y1, image, rej_lo, rej_hi, coverage
+
+
+def integrate(sources: list, norms: list[FrameNorm], rejection: str, low: float, high: float, **options):
+    """Integrate frames into memory (options as :func:`integrate_bands`).
+
+    Returns ``(image, rej_low, rej_high, coverage)``: the float32 result in the reference's
+    normalisation, the fraction of frames rejected low/high per pixel, and the number of frames
+    with data per pixel. Pixels with no data at all are 0.
+    """
+    shape = sources[0].shape
+    channels = 1 if len(shape) == 2 else shape[0]
+    ny, nx = shape[-2:]
+    out = np.empty((channels, ny, nx), np.float32)  # every band is filled
+    rej_lo, rej_hi = np.empty_like(out), np.empty_like(out)
+    coverage = np.empty((ny, nx), np.float32)
+    for y0, y1, img, lo, hi, cov in integrate_bands(sources, norms, rejection, low, high, **options):
+        out[:, y0:y1], rej_lo[:, y0:y1], rej_hi[:, y0:y1], coverage[y0:y1] = img, lo, hi, cov
+    if len(shape) == 2:
         return out[0], rej_lo[0], rej_hi[0], coverage
     return out, rej_lo, rej_hi, coverage
 
@@ -383,22 +538,10 @@ def grow_high(band: np.ndarray, hi: np.ndarray, radius: int, k: float) -> np.nda
     A satellite trail or cosmic-ray hit has wings below any per-pixel threshold: each kept
     wing pixel adds a fraction of its excess to the stack, a faint line or dot along the
     rejected core. Pixels of the same frame within ``radius`` px of a high rejection are
-    rejected too when they exceed their column's median by ``k`` × 1.4826 MAD (computed only
-    for those columns, so the cost follows the number of rejections). ``band`` is
-    ``(N, rows, nx)``, ``hi`` the matching boolean map.
+    rejected too when they exceed their column's median by ``k`` × 1.4826 MAD (high
+    rejections left out of both). ``band`` is ``(N, rows, nx)``, ``hi`` the matching boolean
+    map; returns the grown map.
     """
-    if not hi.any():
-        return hi
-    size = 2 * radius + 1
-    near = ndimage.maximum_filter(hi, size=(1, size, size), mode="constant") & ~hi & np.isfinite(band)
-    cols = np.nonzero(near.any(axis=0).ravel())[0]
-    if cols.size == 0:
-        return hi
-    n = band.shape[0]
-    out = hi.reshape(n, -1).copy()
-    x = np.where(out[:, cols], np.nan, band.reshape(n, -1)[:, cols])  # outliers must not set the scale
-    med = bn.nanmedian(x, axis=0)
-    sigma = 1.4826 * bn.nanmedian(np.abs(x - med), axis=0)
-    with np.errstate(invalid="ignore"):
-        out[:, cols] |= near.reshape(n, -1)[:, cols] & (x > med + k * sigma)
-    return out.reshape(hi.shape)
+    state = np.where(hi, 2, 0).astype(np.uint8)
+    _grow_high(np.ascontiguousarray(band, np.float32), state, radius, k)
+    return state == 2

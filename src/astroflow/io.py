@@ -134,6 +134,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]
     integer data or float data already in ADU, 65535 for normalised [0, 1] data).
     """
     path = Path(path)
+    plain = False
     try:
         if _is_xisf(path):
             from xisf import XISF
@@ -147,10 +148,23 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with fits.open(path, memmap=False) as hdul:
+                with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
                     hdu = _image_hdu(hdul)
                     header = hdu.header.copy()
-                    data = hdu.data
+                    plain = (
+                        hdu is hdul[0]
+                        and not isinstance(hdu, fits.CompImageHDU)
+                        and header.get("NAXIS") in (2, 3)
+                    )
+                    # uncompressed primary image: one read and one conversion (astropy makes 3 passes)
+                    data = None if plain else hdu.data
+            if plain:
+                rows = FitsRows(path)
+                data = (
+                    rows[0 : rows.shape[-2]]
+                    if len(rows.shape) == 2
+                    else np.stack([rows[c, 0 : rows.shape[-2]] for c in range(rows.shape[0])])
+                )
     except FrameError as exc:
         raise FrameError(f"{path}: {exc}") from None
     except Exception as exc:
@@ -159,12 +173,15 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]
         raise FrameError(f"{path}: unsupported image shape {getattr(data, 'shape', None)}")
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
-    is_float = np.issubdtype(data.dtype, np.floating)
-    data = np.array(data, dtype=np.float32)  # a writable copy (XISF/FITS buffers may be read-only)
+    is_float = np.issubdtype(data.dtype, np.floating) if not plain else rows.bitpix < 0
+    if data.dtype != np.float32 or not data.flags.writeable:
+        data = np.array(data, dtype=np.float32)  # a writable copy (XISF/FITS buffers may be read-only)
     scale = 1.0
     if is_float:
-        finite = data[np.isfinite(data)]
-        if finite.size and float(finite.max()) <= 1.0 and float(finite.min()) >= -0.01:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN frames
+            hi, lo = float(np.nanmax(data)), float(np.nanmin(data))
+        if np.isfinite(hi) and hi <= 1.0 and lo >= -0.01:
             scale = ADU_FULL_SCALE
             data *= np.float32(scale)
     return data, header, scale
@@ -237,27 +254,83 @@ def add_history(header: fits.Header, options: list[str]) -> fits.Header:
     return header
 
 
+def _output_header(data_header: fits.Header, header: fits.Header | None) -> fits.Header:
+    """``data_header`` (structural cards of the new data) plus the observation cards of ``header``.
+
+    Structural cards of ``header`` (BITPIX, NAXISn, BZERO, BSCALE, tile compression) are dropped:
+    they follow the new data.
+    """
+    if header is None:
+        return data_header
+    for card in header.cards:
+        if card.keyword in ("", "SIMPLE", "EXTEND", "BZERO", "BSCALE", "BITPIX") or (
+            card.keyword.startswith("NAXIS") or card.keyword.startswith("ZNAXIS")
+        ):
+            continue
+        if card.keyword in ("HISTORY", "COMMENT"):
+            data_header.append(card)
+        elif card.keyword.startswith("Z") and card.keyword[1:].isupper() and header.get("ZIMAGE"):
+            continue
+        else:
+            data_header[card.keyword] = (card.value, card.comment)
+    return data_header
+
+
 def write_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None):
     """Write ``data`` (float32 unless integer) as a primary-HDU FITS file, atomically.
 
     Only keywords that describe the observation are copied from ``header``; structural ones
     (BITPIX, NAXISn, BZERO, BSCALE) follow the new data.
     """
-    hdu = fits.PrimaryHDU(data=np.ascontiguousarray(data))
-    if header is not None:
-        for card in header.cards:
-            if card.keyword in ("", "SIMPLE", "EXTEND", "BZERO", "BSCALE", "BITPIX") or (
-                card.keyword.startswith("NAXIS") or card.keyword.startswith("ZNAXIS")
-            ):
-                continue
-            if card.keyword in ("HISTORY", "COMMENT"):
-                hdu.header.append(card)
-            elif card.keyword.startswith("Z") and card.keyword[1:].isupper() and header.get("ZIMAGE"):
-                continue
-            else:
-                hdu.header[card.keyword] = (card.value, card.comment)
+    data = np.ascontiguousarray(data)
+    if data.dtype == np.float32:  # the common case: written by rows, without astropy's copies
+        with FitsWriter(path, data.shape, header) as w:
+            w.write_rows(0, data)
+        return
+    hdu = fits.PrimaryHDU(data=data)
+    _output_header(hdu.header, header)
     with atomic_path(path) as tmp:
         hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
+
+
+class FitsWriter:
+    """Write a float32 primary-HDU FITS image row band by row band, atomically.
+
+    ``with FitsWriter(path, (ny, nx) or (C, ny, nx), header) as w: w.write_rows(y0, rows)``;
+    ``rows`` is ``(r, nx)`` or ``(C, r, nx)``. The file appears at ``path`` only when the block
+    ends without an error, so memory stays at one band whatever the image size.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], header: fits.Header | None = None):
+        self.path, self.shape = Path(path), tuple(int(v) for v in shape)
+        # structural cards from astropy itself (np.empty touches no memory)
+        hdu = fits.PrimaryHDU(data=np.empty(self.shape, np.float32))
+        _output_header(hdu.header, header)
+        hdu.verify("silentfix")
+        self._head = hdu.header.tostring().encode("ascii")
+        self._nbytes = 4 * int(np.prod(self.shape))
+
+    def __enter__(self):
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._fd = os.open(self._tmp, os.O_WRONLY)
+        os.pwrite(self._fd, self._head, 0)
+        pad = -(len(self._head) + self._nbytes) % 2880
+        os.ftruncate(self._fd, len(self._head) + self._nbytes + pad)  # data pad: zeros, as FITS wants
+        return self
+
+    def write_rows(self, y0: int, rows: np.ndarray) -> None:
+        ny, nx = self.shape[-2:]
+        rows = np.asarray(rows, ">f4")
+        if len(self.shape) == 2:
+            os.pwrite(self._fd, rows.tobytes(), len(self._head) + 4 * y0 * nx)
+            return
+        for c in range(self.shape[0]):
+            os.pwrite(self._fd, rows[c].tobytes(), len(self._head) + 4 * (c * ny * nx + y0 * nx))
+
+    def __exit__(self, *exc):
+        os.close(self._fd)
+        return self._atomic.__exit__(*exc)
 
 
 def write_xisf(
@@ -276,16 +349,59 @@ def write_xisf(
         XISF.write(str(tmp), np.ascontiguousarray(img), image_metadata={"FITSKeywords": keywords})
 
 
-def fits_data_memmap(path: str | os.PathLike) -> np.memmap:
-    """Memory-map the primary image of an uncompressed float32 FITS file written by astroflow.
+class FitsRows:
+    """Rows of an uncompressed primary-HDU FITS image, read from disk only when sliced.
 
-    Returns a big-endian ``>f4`` memmap of shape ``(ny, nx)`` or ``(3, ny, nx)``; slicing rows of
-    it reads only those rows from disk, which is what keeps integration memory-bounded.
+    ``rows[y0:y1]`` (mono) or ``rows[c, y0:y1]`` (colour) returns float32 ADU (BZERO/BSCALE
+    applied) with one ``pread``; nothing is mapped or cached, so reading every band of every
+    frame keeps the process's memory at one band (memory maps count read pages as resident).
+    Integer data is ADU; float data is taken as ADU too (astroflow's own outputs): normalised
+    [0, 1] float frames must go through :func:`read_image`, which :func:`open_rows` does.
     """
-    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-        hdu = hdul[0]
-        offset = hdu._data_offset
-        shape = hdu.shape
-        if hdu.header["BITPIX"] != -32:
-            raise FrameError(f"{path}: expected a float32 FITS file, BITPIX={hdu.header['BITPIX']}")
-    return np.memmap(path, dtype=">f4", mode="r", offset=offset, shape=shape)
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
+                hdu = hdul[0]
+                h = hdu.header
+                if not hdu.is_image or h.get("NAXIS", 0) not in (2, 3):
+                    raise FrameError(f"{self.path}: no image in the primary HDU")
+                self.offset = hdu._data_offset
+                self.shape = tuple(int(h[f"NAXIS{i}"]) for i in range(h["NAXIS"], 0, -1))
+                self.bitpix = int(h["BITPIX"])
+                self.bzero, self.bscale = float(h.get("BZERO", 0)), float(h.get("BSCALE", 1))
+        _check_size(self.path, h)
+        self._dtype = np.dtype({8: "u1", 16: ">i2", 32: ">i4", -32: ">f4", -64: ">f8"}[self.bitpix])
+
+    def __getitem__(self, key):
+        c, rows = (0, key) if len(self.shape) == 2 else key
+        ny, nx = self.shape[-2:]
+        y0, y1, _ = rows.indices(ny)
+        start = (c * ny * nx + y0 * nx) * self._dtype.itemsize
+        count = max(0, y1 - y0) * nx
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            buf = os.pread(fd, count * self._dtype.itemsize, self.offset + start)
+        finally:
+            os.close(fd)
+        data = np.frombuffer(buf, self._dtype, count).astype(np.float32).reshape(-1, nx)
+        if self.bscale != 1:
+            data *= np.float32(self.bscale)
+        if self.bzero:
+            data += np.float32(self.bzero)
+        return data
+
+
+def open_rows(path: str | os.PathLike):
+    """Band-readable frame: :class:`FitsRows` for an uncompressed integer FITS image, else the
+    whole frame read by :func:`read_image` (compressed FITS, XISF, normalised float data)."""
+    if not _is_xisf(path):
+        try:
+            rows = FitsRows(path)
+            if rows.bitpix > 0:
+                return rows
+        except (FrameError, KeyError, OSError):
+            pass
+    return read_image(path)[0]

@@ -11,24 +11,37 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import sep
-from scipy import ndimage
 
 # B3-spline à trous: the first wavelet layer keeps this fraction of Gaussian white noise sigma.
 _B3 = np.array([1, 4, 6, 4, 1], np.float32) / 16
 _LAYER1_NOISE = 0.8907
 
 
+def finite_or_median(image: np.ndarray) -> np.ndarray:
+    """``image`` as float32 with NaN/inf replaced by its median (of ~1 M pixels; no copy when
+    all are finite)."""
+    img = np.asarray(image, np.float32)
+    bad = ~np.isfinite(img)
+    if not bad.any():
+        return img
+    sample = img.ravel()[:: max(1, img.size // 1_000_000)]
+    sample = sample[np.isfinite(sample)]
+    return np.where(bad, np.float32(np.median(sample) if sample.size else 0.0), img)
+
+
 def noise_sigma(image: np.ndarray, clip: float = 3.0, iterations: int = 5) -> float:
     """Gaussian noise sigma (ADU) from the first à trous wavelet layer, k-sigma clipped.
 
     Stars and gradients live in larger scales, so this tracks pixel noise (as PixInsight's
-    multiresolution noise estimate does) rather than image content.
+    multiresolution noise estimate does) rather than image content. The statistics use at most
+    ~1 M pixels of the layer (every 3rd or sparser).
     """
-    img = np.nan_to_num(np.asarray(image, np.float32), nan=float(np.nanmedian(image)))
-    smooth = ndimage.convolve1d(
-        ndimage.convolve1d(img, _B3, axis=0, mode="mirror"), _B3, axis=1, mode="mirror"
-    )
-    w1 = (img - smooth).ravel()[::3]  # subsample: statistics of millions of pixels are overkill
+    import cv2
+
+    img = np.ascontiguousarray(finite_or_median(image))
+    smooth = cv2.sepFilter2D(img, cv2.CV_32F, _B3, _B3, borderType=cv2.BORDER_REFLECT_101)
+    step = max(3, img.size // 1_000_000)
+    w1 = img.ravel()[::step] - smooth.ravel()[::step]
     sigma = float(np.std(w1))
     center = float(np.median(w1))
     for _ in range(iterations):
@@ -55,6 +68,61 @@ class FrameStats:
         return asdict(self)
 
 
+DETECT_MAX_PIXELS = 8_000_000  # larger frames are binned for detection (centroids stay full-res)
+_DIAMOND2 = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) <= 2]
+_NO_OBJECTS = [
+    ("x", float),
+    ("y", float),
+    ("a", float),
+    ("b", float),
+    ("flux", float),
+    ("peak", float),
+    ("flag", int),
+    ("xmin", int),
+    ("xmax", int),
+    ("ymin", int),
+    ("ymax", int),
+    ("npix", int),
+]
+STAR_DTYPE = [
+    ("x", "f8"),
+    ("y", "f8"),
+    ("flux", "f8"),
+    ("peak", "f8"),
+    ("fwhm", "f8"),
+    ("ecc", "f8"),
+    ("sat", "?"),
+]
+
+
+def _extract(sub: np.ndarray, sigma: float, rms: float):
+    sep.set_extract_pixstack(max(300000, sub.size // 4))
+    sep.set_sub_object_limit(4096)
+    try:
+        # default 3x3 matched filter: the threshold applies to the smoothed image (SExtractor style)
+        return sep.extract(sub, sigma, err=rms, minarea=5, deblend_cont=0.005)
+    except Exception:  # sep raises on pathological images (e.g. all-constant); treat as no stars
+        return np.zeros(0, dtype=_NO_OBJECTS)
+
+
+def _moment_ecc(sub: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int, floor: float) -> np.ndarray:
+    """Eccentricity from the second moments of the pixels above ``floor`` (ADU) within ``radius``
+    px of each centroid (the isophotal moments SExtractor's a, b come from, at full resolution)."""
+    h, w = sub.shape
+    d = np.arange(-radius, radius + 1)
+    yy = np.clip(np.round(y).astype(int)[:, None, None] + d[None, :, None], 0, h - 1)
+    xx = np.clip(np.round(x).astype(int)[:, None, None] + d[None, None, :], 0, w - 1)
+    stamp = sub[yy, xx].astype(np.float64)
+    dx, dy = xx - x[:, None, None], yy - y[:, None, None]
+    wgt = np.where((stamp > floor) & (dx**2 + dy**2 <= radius**2), stamp, 0.0)
+    total = np.maximum(wgt.sum(axis=(1, 2)), 1e-12)
+    xx2, yy2 = (wgt * dx**2).sum(axis=(1, 2)) / total, (wgt * dy**2).sum(axis=(1, 2)) / total
+    xy = (wgt * dx * dy).sum(axis=(1, 2)) / total
+    half, root = 0.5 * (xx2 + yy2), np.sqrt(0.25 * (xx2 - yy2) ** 2 + xy**2)
+    a2, b2 = half + root, np.maximum(half - root, 0.0)
+    return np.sqrt(np.clip(1 - b2 / np.maximum(a2, 1e-12), 0, 1))
+
+
 def detect_stars(
     image: np.ndarray,
     sigma: float = 3.0,
@@ -64,71 +132,65 @@ def detect_stars(
 ):
     """Detect stars; returns a structured array sorted by flux (brightest first).
 
-    Fields: ``x, y`` (windowed centroid), ``flux`` (ADU, background-subtracted), ``peak``,
-    ``fwhm``, ``ecc``, ``sat`` (touches a saturated pixel). Extended blobs (larger than 5× the
-    median size), edge-truncated detections, anything sharper than ``min_fwhm`` px (hot
+    Fields: ``x, y`` (windowed centroid), ``flux`` (ADU, background-subtracted), ``peak`` (of the
+    detection image),
+    ``fwhm``, ``ecc``, ``sat`` (within 2 px of a saturated pixel). Extended blobs (larger than
+    5× the median size), edge-truncated detections, anything sharper than ``min_fwhm`` px (hot
     pixels, cosmic rays) and unsaturated objects wider than twice the median (nebula knots,
     galaxies) are dropped.
+
+    Frames above ``DETECT_MAX_PIXELS`` are detected on a 2×2 (or coarser) binned copy, which
+    finds the same stars at a fraction of the cost; centroids, FWHM and eccentricity are then
+    measured at full resolution.
     """
-    img = np.ascontiguousarray(np.nan_to_num(image, nan=float(np.nanmedian(image))), dtype=np.float32)
-    bkg = sep.Background(img, bw=32, bh=32, fw=3, fh=3)
-    sub = img - bkg.back()
-    rms = bkg.globalrms
-    sep.set_extract_pixstack(max(300000, img.size // 4))
-    sep.set_sub_object_limit(4096)
-    try:
-        # default 3x3 matched filter: the threshold applies to the smoothed image (SExtractor style)
-        objs = sep.extract(sub, sigma, err=rms, minarea=5, deblend_cont=0.005)
-    except Exception:  # sep raises on pathological images (e.g. all-constant); treat as no stars
-        objs = np.zeros(
-            0,
-            dtype=[
-                ("x", float),
-                ("y", float),
-                ("a", float),
-                ("b", float),
-                ("flux", float),
-                ("peak", float),
-                ("flag", int),
-                ("xmin", int),
-                ("xmax", int),
-                ("ymin", int),
-                ("ymax", int),
-                ("npix", int),
-            ],
-        )
-    dtype = [
-        ("x", "f8"),
-        ("y", "f8"),
-        ("flux", "f8"),
-        ("peak", "f8"),
-        ("fwhm", "f8"),
-        ("ecc", "f8"),
-        ("sat", "?"),
-    ]
-    if len(objs) == 0:
-        return np.zeros(0, dtype=dtype)
+    import cv2
+
+    img = np.ascontiguousarray(finite_or_median(image))
     h, w = img.shape
-    edge = (objs["xmin"] <= 1) | (objs["ymin"] <= 1) | (objs["xmax"] >= w - 2) | (objs["ymax"] >= h - 2)
-    objs = objs[~edge & (objs["a"] > 0.3)]
+    binning = max(1, int(np.ceil(np.sqrt(img.size / DETECT_MAX_PIXELS))))
+    small = img
+    if binning > 1:
+        small = cv2.resize(img, (w // binning, h // binning), interpolation=cv2.INTER_AREA)
+    bkg = sep.Background(small, bw=32, bh=32, fw=3, fh=3)
+    back = bkg.back()
+    sub_small = small - back
+    objs = _extract(sub_small, sigma, bkg.globalrms)
     if len(objs) == 0:
-        return np.zeros(0, dtype=dtype)
+        return np.zeros(0, dtype=STAR_DTYPE)
+    hs, ws = small.shape
+    edge = (objs["xmin"] <= 1) | (objs["ymin"] <= 1) | (objs["xmax"] >= ws - 2) | (objs["ymax"] >= hs - 2)
+    objs = objs[~edge & (objs["a"] > 0.3 / binning)]
+    if len(objs) == 0:
+        return np.zeros(0, dtype=STAR_DTYPE)
     objs = objs[np.argsort(-objs["flux"])][: max_stars * 2]
-    r50, _ = sep.flux_radius(sub, objs["x"], objs["y"], 6.0 * objs["a"], 0.5, normflux=objs["flux"], subpix=5)
+    if binning > 1:
+        sub = img - cv2.resize(back, (w, h), interpolation=cv2.INTER_LINEAR)
+        x0, y0 = (objs["x"] + 0.5) * binning - 0.5, (objs["y"] + 0.5) * binning - 0.5
+        a0 = objs["a"] * binning
+        flux0 = objs["flux"] * binning**2
+        npix = objs["npix"] * binning**2
+    else:
+        sub, x0, y0, a0, flux0, npix = sub_small, objs["x"], objs["y"], objs["a"], objs["flux"], objs["npix"]
+    r50, _ = sep.flux_radius(sub, x0, y0, 6.0 * a0, 0.5, normflux=flux0, subpix=5)
     sig = np.clip(2.0 * r50 / 2.3548, 0.5, 10)
-    x, y, _ = sep.winpos(sub, objs["x"], objs["y"], sig)
-    ok = np.isfinite(x) & np.isfinite(y) & (np.hypot(x - objs["x"], y - objs["y"]) < 2)
-    x, y = np.where(ok, x, objs["x"]), np.where(ok, y, objs["y"])
+    x, y, _ = sep.winpos(sub, x0, y0, sig)
+    ok = np.isfinite(x) & np.isfinite(y) & (np.hypot(x - x0, y - y0) < 2 * binning)
+    x, y = np.where(ok, x, x0), np.where(ok, y, y0)
     fwhm = 2.0 * r50
-    size = np.median(objs["npix"])
-    compact = objs["npix"] < 5 * max(size, 10) * 4
-    ecc = np.sqrt(np.clip(1 - (objs["b"] / objs["a"]) ** 2, 0, 1))
+    size = np.median(npix)
+    compact = npix < 5 * max(size, 10) * 4
+    if binning > 1:
+        radius = int(np.clip(np.ceil(1.5 * np.nanmedian(fwhm)), 3, 12))
+        ecc = _moment_ecc(sub, x, y, radius, 2.0 * bkg.globalrms * binning)
+    else:
+        ecc = np.sqrt(np.clip(1 - (objs["b"] / objs["a"]) ** 2, 0, 1))
     sat = np.zeros(len(objs), bool)
     if saturated is not None and saturated.any():
-        grown = ndimage.binary_dilation(saturated, iterations=2)
-        sat = grown[np.clip(np.round(y).astype(int), 0, h - 1), np.clip(np.round(x).astype(int), 0, w - 1)]
-    out = np.zeros(len(objs), dtype=dtype)
-    out["x"], out["y"], out["flux"], out["peak"] = x, y, objs["flux"], objs["peak"]
+        yi, xi = np.round(y).astype(int), np.round(x).astype(int)
+        for dy, dx in _DIAMOND2:  # the saturated map grown by 2 px, looked up at the stars only
+            sat |= saturated[np.clip(yi + dy, 0, h - 1), np.clip(xi + dx, 0, w - 1)]
+    out = np.zeros(len(objs), dtype=STAR_DTYPE)
+    out["x"], out["y"], out["flux"], out["peak"] = x, y, flux0, objs["peak"]
     out["fwhm"], out["ecc"], out["sat"] = fwhm, ecc, sat
     # Hot pixels and cosmic rays are sharper than any seeing-limited star; nebula knots and
     # galaxies are wider than the stars, which are the sharpest real objects in the frame.
@@ -138,13 +200,16 @@ def detect_stars(
     return out[compact & starlike][:max_stars]
 
 
-def frame_stats(image: np.ndarray, stars: np.ndarray) -> FrameStats:
-    """Background (median), noise, scale (1.4826 MAD) and star statistics of a frame."""
-    finite = image[np.isfinite(image)]
-    sample = finite[:: max(1, finite.size // 2_000_000)]
+def frame_stats(image: np.ndarray, stars: np.ndarray, noise: float | None = None) -> FrameStats:
+    """Background (median), noise, scale (1.4826 MAD) and star statistics of a frame.
+
+    ``noise`` (ADU) is measured with :func:`noise_sigma` unless given.
+    """
+    sample = np.ravel(image)[:: max(1, np.size(image) // 2_000_000)]
+    sample = sample[np.isfinite(sample)]
     background = float(np.median(sample))
     scale = float(1.4826 * np.median(np.abs(sample - background)))
-    noise = noise_sigma(image)
+    noise = noise_sigma(image) if noise is None else noise
     good = stars[~stars["sat"]] if len(stars) else stars
     if len(good):
         snr_star = good["flux"] / (noise * np.sqrt(np.pi) * np.maximum(good["fwhm"], 1.0))

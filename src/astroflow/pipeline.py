@@ -20,13 +20,18 @@ from astropy.io import fits
 from . import __version__, cosmetic, integrate, measure, register
 from .calibrate import calibrate_light, master
 from .debayer import debayer, effective_pattern
-from .io import FrameError, add_history, copy_wcs, fits_data_memmap, read_image, write_fits
+from .io import FitsRows, FitsWriter, FrameError, add_history, copy_wcs, read_header, read_image, write_fits
 
 log = logging.getLogger("astroflow")
 
 
-def setup_logging(path: str | Path) -> None:
-    """Send the library's log (and warnings) to a job's log file; used by the Snakemake scripts."""
+def setup_logging(path: str | Path, threads: int = 1) -> None:
+    """Send the library's log (and warnings) to a job's log file, and keep OpenCV's and numba's
+    thread pools to the job's ``threads`` (Snakemake's budget); used by the Snakemake scripts."""
+    import cv2
+
+    cv2.setNumThreads(max(1, int(threads)))
+    integrate.set_threads(threads)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         filename=str(path), level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
@@ -73,7 +78,12 @@ def build_master(name: str, spec: dict, masters_dir: str | Path, out: str | Path
     if with_.get("dark"):  # flat-darks share the flats' exposure: subtracted as is
         dark = read_image(masters_dir / f"{with_['dark']}.fits")[0]
     data, header, notes = master(
-        spec["files"], spec["kind"], cfg["calibration"]["master_rejection"], bias=bias, dark=dark
+        spec["files"],
+        spec["kind"],
+        cfg["calibration"]["master_rejection"],
+        bias=bias,
+        dark=dark,
+        memory_mb=cfg["integration"]["memory_mb"],
     )
     for note in notes:
         log.warning("%s: %s", name, note)
@@ -158,8 +168,8 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
             img = calibrate_light(raw, row["exptime"], bias, dark, flat)
             cfa = bool(row.get("bayer"))
             bad = np.zeros(img.shape, np.uint8) if bpm is None else bpm.copy()
+            noise = measure.noise_sigma(img)  # defects are clipped out of it: valid after repair too
             if cc["enabled"] and cc["auto_detect"]:
-                noise = measure.noise_sigma(img)
                 bad |= cosmetic.isolated_defects(img, cc["auto_sigma"], noise, cfa=cfa)
             if cc["enabled"]:
                 img = cosmetic.correct(img, bad, cfa=cfa)
@@ -179,7 +189,7 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
                 lum = img
             stars = measure.detect_stars(lum, det["detection_sigma"], saturated=saturated)
             planes = img if img.ndim == 3 else img[None]
-            stats = measure.frame_stats(lum, stars)
+            stats = measure.frame_stats(lum, stars, None if cfa else noise)
             per_channel = [measure.frame_stats(p, stars[:0]) for p in planes] if img.ndim == 3 else [stats]
             out_name = f"{_stem(row['path'])}_c.fits"
             hdr = header.copy()
@@ -259,9 +269,18 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     ref = json.loads(Path(reference_json).read_text())
     ref_xy = np.asarray(ref["stars"], float)
-    ref_img, ref_header, _ = read_image(ref["file"])
-    ref_lum = ref_img.mean(axis=0) if ref_img.ndim == 3 else ref_img
-    shape = ref_lum.shape
+    ref_header = read_header(ref["file"])
+    shape = (int(ref_header["NAXIS2"]), int(ref_header["NAXIS1"]))
+    ref_lum = []  # read only if a frame needs phase correlation
+
+    def luminance(img):
+        return img.mean(axis=0) if img.ndim == 3 else img
+
+    def reference_luminance():
+        if not ref_lum:
+            ref_lum.append(luminance(read_image(ref["file"])[0]))
+        return ref_lum[0]
+
     rc = cfg["registration"]
     table = pd.read_csv(calibrated_dir / "measure.tsv", sep="\t")
     stars = np.load(calibrated_dir / "stars.npz")
@@ -275,10 +294,9 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
         src_path = calibrated_dir / row["file"]
         try:
             img, header, _ = read_image(src_path)
-            lum = img.mean(axis=0) if img.ndim == 3 else img
-            if lum.shape != shape:
+            if img.shape[-2:] != shape:
                 raise register.RegistrationError(
-                    f"size {lum.shape[::-1]} differs from the reference {shape[::-1]}"
+                    f"size {img.shape[-2:][::-1]} differs from the reference {shape[::-1]}"
                 )
             if str(src_path) == ref["file"]:
                 reg = register.Registration(
@@ -287,7 +305,11 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
             else:
                 xy = stars[row["file"]][:, :2]
                 reg = register.register(
-                    ref_xy, xy, rc["transform"], rc["min_matches"], ref_image=ref_lum, src_image=lum
+                    ref_xy,
+                    xy,
+                    rc["transform"],
+                    rc["min_matches"],
+                    images=lambda img=img: (reference_luminance(), luminance(img)),
                 )
                 if reg.rms > rc["max_rms"]:
                     raise register.RegistrationError(
@@ -349,22 +371,9 @@ def integrate_filter(
         method = integrate.auto_rejection(max(n, 3), "auto1" if method == "auto1" else "auto2")
     low, high = ic["params"][method] if method in ic["params"] else integrate.DEFAULT_PARAMS[method]
     norms = [integrate.FrameNorm(loc[i], scale[i], float(w[i])) for i in range(n)]
-    sources = [fits_data_memmap(Path(r["dir"]) / r["registered"]) for _, r in ok.iterrows()]
+    sources = [FitsRows(Path(r["dir"]) / r["registered"]) for _, r in ok.iterrows()]
     if n < 3:
         log.warning("filter %s: only %d frame(s): averaged without rejection", filt, n)
-    image, rej_lo, rej_hi, coverage = integrate.integrate(
-        sources,
-        norms,
-        method if n >= 3 else "none",
-        low,
-        high,
-        normalisation=ic["normalization"],
-        reference=ref,
-        memory_mb=ic["memory_mb"],
-        combine=ic["combination"],
-        grow=ic["grow"] if n >= 3 else 0,
-        grow_sigma=ic["grow_sigma"],
-    )
     head = fits.getheader(Path(ok.loc[ref, "dir"]) / ok.loc[ref, "registered"])
     h = fits.Header()
     for key in (
@@ -393,10 +402,33 @@ def integrate_filter(
     h["WEIGHTS"] = (ic["weights"], "frame weighting")
     h["REFFRAME"] = (Path(ok.loc[ref, "path"]).name[:68], "normalisation reference")
     add_history(h, history)
-    write_fits(outputs["image"], image, h)
-    write_fits(outputs["rejection_low"], rej_lo, h)
-    write_fits(outputs["rejection_high"], rej_hi, h)
-    write_fits(outputs["coverage"], coverage, h)
+    shape = sources[0].shape
+    bands = integrate.integrate_bands(
+        sources,
+        norms,
+        method if n >= 3 else "none",
+        low,
+        high,
+        normalisation=ic["normalization"],
+        reference=ref,
+        memory_mb=ic["memory_mb"],
+        combine=ic["combination"],
+        grow=ic["grow"] if n >= 3 else 0,
+        grow_sigma=ic["grow_sigma"],
+    )
+    # the four maps are written band by band as they are made: memory stays at one band
+    with (
+        FitsWriter(outputs["image"], shape, h) as w_image,
+        FitsWriter(outputs["rejection_low"], shape, h) as w_lo,
+        FitsWriter(outputs["rejection_high"], shape, h) as w_hi,
+        FitsWriter(outputs["coverage"], shape[-2:], h) as w_cov,
+    ):
+        squeeze = (lambda a: a[0]) if len(shape) == 2 else (lambda a: a)  # noqa: E731
+        for y0, _, image, rej_lo, rej_hi, coverage in bands:
+            w_image.write_rows(y0, squeeze(image))
+            w_lo.write_rows(y0, squeeze(rej_lo))
+            w_hi.write_rows(y0, squeeze(rej_hi))
+            w_cov.write_rows(y0, coverage)
     return {"frames": n, "rejection": method, "reference": ok.loc[ref, "path"]}
 
 

@@ -134,33 +134,40 @@ def register(
     src_xy: np.ndarray,
     model: str = "similarity",
     min_matches: int = 3,
-    ref_image: np.ndarray | None = None,
-    src_image: np.ndarray | None = None,
+    images=None,
     max_control_points: int = 60,
 ) -> Registration:
     """Find the reference->source transform from two star lists (brightest first).
 
+    First guesses are tried in order until one matches at least half the stars: triangles
+    (astroalign), shift votes, then phase correlation of ``images()`` (a callable returning the
+    reference and source luminance, called only if needed: it costs a full-frame FFT).
     Raises :class:`RegistrationError` when fewer than ``min_matches`` stars agree.
     """
-    import astroalign
-
     if len(src_xy) < 3 or len(ref_xy) < 3:
         raise RegistrationError(f"too few stars to register ({len(src_xy)} detected, need at least 3)")
-    guesses = []
-    try:
-        tf, _ = astroalign.find_transform(
-            ref_xy[:max_control_points], src_xy[:max_control_points], max_control_points=max_control_points
-        )
-        guesses.append((np.asarray(tf.params)[:2], "triangles"))
-    except Exception:  # astroalign raises MaxIterError / ValueError when no triangle set agrees
-        pass
-    vote = _vote_shift(ref_xy, src_xy)
-    if vote is not None:
-        guesses.append((vote, "votes"))
-    if ref_image is not None and src_image is not None:
-        guesses.append((_phase_shift(ref_image, src_image), "phase"))
+
+    def triangles():
+        import astroalign
+
+        try:
+            tf, _ = astroalign.find_transform(
+                ref_xy[:max_control_points],
+                src_xy[:max_control_points],
+                max_control_points=max_control_points,
+            )
+            return np.asarray(tf.params)[:2]
+        except Exception:  # astroalign raises MaxIterError / ValueError when no triangle set agrees
+            return None
+
+    guesses = [(triangles, "triangles"), (lambda: _vote_shift(ref_xy, src_xy), "votes")]
+    if images is not None:
+        guesses.append((lambda: _phase_shift(*images()), "phase"))
     best = None
-    for guess, method in guesses:
+    for make, method in guesses:
+        guess = make()
+        if guess is None:
+            continue
         matrix, pairs, rms = refine(ref_xy, src_xy, guess, model)
         if best is None or len(pairs) > best.matches:
             best = Registration(matrix, len(pairs), rms, method)
@@ -224,17 +231,7 @@ def warp(
             np.clip(out, lo, hi, out=out)
         return out
 
-    src_h, src_w = image.shape[-2:]
-    ones = np.ones((src_h, src_w), np.float32)
-    cover = cv2.warpAffine(
-        ones,
-        m,
-        (nx, ny),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0,
-    )
-    missing = cover < 0.999
+    missing = _uncovered(m, image.shape[-2:], shape)
     if image.ndim == 2:
         out = one(image)
         out[missing] = np.nan
@@ -242,3 +239,24 @@ def warp(
     out = np.stack([one(p) for p in image])
     out[:, missing] = np.nan
     return out
+
+
+def _uncovered(matrix: np.ndarray, src_shape: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """Output pixels whose source position lies outside the frame's pixel centres (a bilinear
+    read there would mix in the border). Per output row the covered pixels form one interval
+    (a line through a rectangle), solved from the transform instead of warping a mask."""
+    (a, b, c), (d, e, f) = matrix
+    h, w = src_shape
+    ny, nx = shape
+    y = np.arange(ny, dtype=np.float64)
+    lo, hi = np.full(ny, -np.inf), np.full(ny, np.inf)
+    eps = 1e-6
+    for k, off, size in ((a, b * y + c, w), (d, e * y + f, h)):  # 0 <= k x + off <= size - 1
+        if abs(k) < 1e-12:
+            inside = (off >= -eps) & (off <= size - 1 + eps)
+            lo[~inside], hi[~inside] = np.inf, -np.inf
+            continue
+        x1, x2 = (-eps - off) / k, (size - 1 + eps - off) / k
+        lo, hi = np.maximum(lo, np.minimum(x1, x2)), np.minimum(hi, np.maximum(x1, x2))
+    cols = np.arange(nx)
+    return (cols[None, :] < lo[:, None]) | (cols[None, :] > hi[:, None])

@@ -15,7 +15,7 @@ rule master:
     params:
         spec=lambda wc: PLAN[wc.target]["masters"][wc.name],
         masters_dir=lambda wc: out(wc.target, "masters"),
-        cfg=section("calibration"),
+        cfg=section("calibration", "integration"),
         code=CODE,
     script:
         "../../scripts/master.py"

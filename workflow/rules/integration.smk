@@ -21,6 +21,7 @@ rule integrate:
         out("{target}", "benchmarks", "integrate_{filter}.tsv")
     conda:
         "../../envs/astroflow.yaml"
+    threads: workflow.cores
     resources:
         mem_mb=lambda wc: int(config["integration"]["memory_mb"]) + 512,
     params:
