@@ -54,7 +54,7 @@ close
 """
 
 
-def _timed(cmd, cwd) -> tuple[float, float]:
+def timed(cmd, cwd) -> tuple[float, float]:
     """Run a command; return (wall seconds, peak RSS in GB of its largest process).
 
     The command runs under a fresh Python parent so RUSAGE_CHILDREN covers only its own tree
@@ -78,7 +78,7 @@ def run_astroflow(night: Path, out: Path, *config: str) -> tuple[float, float]:
     # the integration is what Siril's script makes too: finished images are not timed
     stack = out / "NGC_7000/integration/Integration_L.fits"
     cmd = [snakemake, str(stack), "--cores", "2", "--config", f"data={night}", f"out={out}", *config, "-q"]
-    return _timed(cmd, ROOT)
+    return timed(cmd, ROOT)
 
 
 def run_siril(night: Path, work: Path) -> tuple[float, float]:
@@ -89,7 +89,7 @@ def run_siril(night: Path, work: Path) -> tuple[float, float]:
             os.symlink(f, work / kind / f"{kind.rstrip('s')}_{i:04d}.fits")
     (work / "process").mkdir()
     (work / "run.ssf").write_text(SIRIL_SCRIPT)
-    return _timed(["siril-cli", "-d", str(work), "-s", str(work / "run.ssf")], work)
+    return timed(["siril-cli", "-d", str(work), "-s", str(work / "run.ssf")], work)
 
 
 # below these, a residual is "removed" / a field "flat": differences are noise, not quality

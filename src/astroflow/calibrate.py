@@ -85,9 +85,13 @@ def master(
     for f in frames:
         loc = np.full(channels, _frame_median(f) if norm != "none" else 0.0)
         norms.append(integ.FrameNorm(loc=loc, scale=np.ones(channels), weight=1.0))
-    result = integ.integrate(
+    shape = frames[0].shape
+    result = np.empty((channels, *shape[-2:]), np.float32)  # only the image: no rejection maps
+    for y0, y1, image, *_ in integ.integrate_bands(
         frames, norms, "none" if n < 3 else method, low, high, normalisation=norm, memory_mb=memory_mb
-    )[0]
+    ):
+        result[:, y0:y1] = image
+    result = result.reshape(shape)
     if kind == "flat":
         med = np.nanmedian(result)
         if not np.isfinite(med) or med <= 0:

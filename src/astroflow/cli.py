@@ -1,4 +1,5 @@
-"""Command line: ``astroflow make-sample`` (synthetic night) and ``astroflow score`` (vs truth)."""
+"""Command line: ``astroflow make-sample`` (synthetic night), ``astroflow score`` (vs truth) and
+``astroflow compile`` (numba kernels into their cache)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,14 @@ def _score(args) -> int:
     return 0
 
 
+def _compile(args) -> int:
+    from .integrate import compile_kernels
+
+    compile_kernels()
+    print("astroflow: compiled kernels are cached")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="astroflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"astroflow {__version__}")
@@ -69,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single", help="a registered single frame, for the noise gain")
     p.add_argument("--band", default="L")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("compile", help="compile the numba kernels into their cache (make install does)")
+    p.set_defaults(func=_compile)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -258,22 +258,30 @@ def _output_header(data_header: fits.Header, header: fits.Header | None) -> fits
     """``data_header`` (structural cards of the new data) plus the observation cards of ``header``.
 
     Structural cards of ``header`` (BITPIX, NAXISn, BZERO, BSCALE, tile compression) are dropped:
-    they follow the new data.
+    they follow the new data. A repeated keyword keeps its last value; HISTORY and COMMENT
+    cards are all kept. Built in one go: card-by-card assignment costs milliseconds per frame.
     """
     if header is None:
         return data_header
+    present = set(data_header.keys())
+    kept: dict = {}
+    notes = []
     for card in header.cards:
-        if card.keyword in ("", "SIMPLE", "EXTEND", "BZERO", "BSCALE", "BITPIX") or (
-            card.keyword.startswith("NAXIS") or card.keyword.startswith("ZNAXIS")
+        key = card.keyword
+        if key in ("", "SIMPLE", "EXTEND", "BZERO", "BSCALE", "BITPIX") or key.startswith(
+            ("NAXIS", "ZNAXIS")
         ):
             continue
-        if card.keyword in ("HISTORY", "COMMENT"):
-            data_header.append(card)
-        elif card.keyword.startswith("Z") and card.keyword[1:].isupper() and header.get("ZIMAGE"):
+        if key in ("HISTORY", "COMMENT"):
+            notes.append(card)
+        elif key.startswith("Z") and key[1:].isupper() and header.get("ZIMAGE"):
             continue
+        elif key in present:
+            data_header[key] = (card.value, card.comment)
         else:
-            data_header[card.keyword] = (card.value, card.comment)
-    return data_header
+            kept.pop(key, None)  # re-insert: a repeated keyword takes the last position too
+            kept[key] = card
+    return fits.Header(list(data_header.cards) + list(kept.values()) + notes)
 
 
 def write_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None):
@@ -287,8 +295,7 @@ def write_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Header | 
         with FitsWriter(path, data.shape, header) as w:
             w.write_rows(0, data)
         return
-    hdu = fits.PrimaryHDU(data=data)
-    _output_header(hdu.header, header)
+    hdu = fits.PrimaryHDU(data=data, header=_output_header(fits.PrimaryHDU(data=data).header, header))
     with atomic_path(path) as tmp:
         hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
 
@@ -305,9 +312,7 @@ class FitsWriter:
         self.path, self.shape = Path(path), tuple(int(v) for v in shape)
         # structural cards from astropy itself (np.empty touches no memory)
         hdu = fits.PrimaryHDU(data=np.empty(self.shape, np.float32))
-        _output_header(hdu.header, header)
-        hdu.verify("silentfix")
-        self._head = hdu.header.tostring().encode("ascii")
+        self._head = _output_header(hdu.header, header).tostring().encode("ascii")
         self._nbytes = 4 * int(np.prod(self.shape))
 
     def __enter__(self):
@@ -321,12 +326,12 @@ class FitsWriter:
 
     def write_rows(self, y0: int, rows: np.ndarray) -> None:
         ny, nx = self.shape[-2:]
-        rows = np.asarray(rows, ">f4")
-        if len(self.shape) == 2:
-            os.pwrite(self._fd, rows.tobytes(), len(self._head) + 4 * y0 * nx)
-            return
-        for c in range(self.shape[0]):
-            os.pwrite(self._fd, rows[c].tobytes(), len(self._head) + 4 * (c * ny * nx + y0 * nx))
+        planes = [rows] if len(self.shape) == 2 else list(rows)
+        step = max(1, 2**22 // nx)  # ~16 MB of big-endian bytes at a time, not a copy of the image
+        for c, plane in enumerate(planes):
+            for r in range(0, plane.shape[0], step):
+                block = np.asarray(plane[r : r + step], ">f4").tobytes()
+                os.pwrite(self._fd, block, len(self._head) + 4 * (c * ny * nx + (y0 + r) * nx))
 
     def __exit__(self, *exc):
         os.close(self._fd)

@@ -164,7 +164,8 @@ def detect_stars(
         return np.zeros(0, dtype=STAR_DTYPE)
     objs = objs[np.argsort(-objs["flux"])][: max_stars * 2]
     if binning > 1:
-        sub = img - cv2.resize(back, (w, h), interpolation=cv2.INTER_LINEAR)
+        sub = cv2.resize(back, (w, h), interpolation=cv2.INTER_LINEAR)
+        np.subtract(img, sub, out=sub)
         x0, y0 = (objs["x"] + 0.5) * binning - 0.5, (objs["y"] + 0.5) * binning - 0.5
         a0 = objs["a"] * binning
         flux0 = objs["flux"] * binning**2

@@ -166,6 +166,7 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
                 if m is not None and m.shape != raw.shape:
                     raise FrameError(f"{row['path']}: size {raw.shape} differs from master {name} {m.shape}")
             img = calibrate_light(raw, row["exptime"], bias, dark, flat)
+            del raw  # only the saturation map is needed from here on
             cfa = bool(row.get("bayer"))
             bad = np.zeros(img.shape, np.uint8) if bpm is None else bpm.copy()
             noise = measure.noise_sigma(img)  # defects are clipped out of it: valid after repair too

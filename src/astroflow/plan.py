@@ -115,8 +115,9 @@ def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
         filters = sorted(tlights["filter"].unique(), key=lambda f: ("LRGBHSO RGB".find(f), f))
         for filt in filters:
             flights = tlights[tlights["filter"] == filt].sort_values("path")
-            # at most batch_size lights per job, in chunks of equal size so parallel jobs end together
-            parts = np.array_split(flights.index, -(-len(flights) // int(cfg["batch_size"])))
+            # chunks of equal size so parallel jobs end together
+            megapixels = float(flights["width"].iloc[0]) * float(flights["height"].iloc[0]) / 1e6
+            parts = np.array_split(flights.index, chunk_count(len(flights), megapixels, cfg["batch_size"]))
             for k, part in enumerate(parts):
                 name = f"{filt}_{k:03d}"
                 table.loc[part, "chunk"] = name
@@ -132,6 +133,22 @@ def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
             for row in chunk:
                 row.update({k: table.loc[row["index"], k] for k in ("bias", "dark", "flat")})
     return plan, table
+
+
+AUTO_BATCH_MEGAPIXELS = 384  # pixels per calibrate/register job with batch_size: auto
+
+
+def chunk_count(n_frames: int, megapixels: float, batch_size) -> int:
+    """Calibrate/register jobs for ``n_frames`` lights of ``megapixels`` each.
+
+    ``batch_size`` lights per job, or ``"auto"``: about ``AUTO_BATCH_MEGAPIXELS`` of frames per
+    job (10 frames of 26 MP, 500 of 0.07 MP: a job's ~1 s start-up is then small against its
+    work), at least 2 jobs so two cores share the work, and an even number so they end together.
+    """
+    if batch_size != "auto":
+        return -(-n_frames // int(batch_size))
+    k = max(-(-int(n_frames * megapixels) // AUTO_BATCH_MEGAPIXELS), min(2, n_frames))
+    return min(n_frames, k + k % 2) if k > 1 else k
 
 
 def _light_row(r: pd.Series) -> dict:

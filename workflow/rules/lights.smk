@@ -1,5 +1,5 @@
 # Per-chunk work on lights: calibrate + cosmetic + debayer + measure, choose the reference,
-# register. One job per chunk of `batch_size` frames, not per frame.
+# register. One job per chunk of frames (`batch_size`), not per frame.
 
 
 rule calibrate:
