@@ -4,4 +4,4 @@ from astroflow.pipeline import calibrate_chunk, setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0], sm.threads)
-calibrate_chunk(sm.params.rows, sm.params.masters_dir, sm.input.get("bpm"), sm.output[0], sm.params.cfg)
+calibrate_chunk(sm.params.rows, sm.params.masters_dir, sm.output[0], sm.params.cfg)

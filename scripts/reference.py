@@ -1,7 +1,7 @@
-"""Snakemake adapter: choose the registration reference of a target."""
+"""Snakemake adapter: record the registration reference of a target (reference.json)."""
 
-from astroflow.pipeline import choose_reference, setup_logging
+from astroflow.pipeline import setup_logging, write_reference
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0], sm.threads)
-choose_reference(list(sm.input), sm.output[0])
+write_reference(list(sm.input), sm.output[0])

@@ -74,7 +74,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "pwrite", boom)  # the float32 writer's data writes
     with pytest.raises(OSError):
         write_fits(target, np.zeros((4, 4), np.float32))
-    monkeypatch.setattr(fits.PrimaryHDU, "writeto", boom)  # other types go through astropy
+    monkeypatch.setattr(fits.HDUList, "writeto", boom)  # other types go through astropy
     with pytest.raises(OSError):
         write_fits(target, np.zeros((4, 4), np.uint8))
     assert target.read_bytes() == before

@@ -83,8 +83,8 @@ def test_mono_night_products_and_headers(mono_night, mono_run):
     truth = load_truth(mono_night)
     assert any(f["trail"] for f in truth["frames"])
     assert fits.getdata(integ / "Integration_L_rejection_high.fits").max() > 0
-    # the bad-pixel map holds the truly hot pixels
-    bpm = fits.getdata(out / "NGC_7000/masters/BadPixelMap_L.fits")
+    # the master dark's defect map holds the truly hot pixels
+    bpm = fits.getdata(out / "NGC_7000/masters/AutoMasterDark_120s.fits", "DEFECTS")
     hot = np.load(mono_night / "truth/hot_pixels.npy") & (
         np.load(mono_night / "truth/dark_current.npy") * 120 > 100
     )

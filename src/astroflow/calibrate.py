@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 from astropy.io import fits
 
-from . import integrate as integ
 from .io import FrameError, open_rows, read_header
 
 
@@ -55,6 +54,8 @@ def master(
     readable one are skipped with a note. Returns ``(data, header, notes)``; raises
     :class:`FrameError` when no frame is usable.
     """
+    from . import integrate as integ  # numba: only master and integration jobs load it
+
     frames, notes, headers = [], [], []
     for p in paths:
         try:

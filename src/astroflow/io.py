@@ -284,20 +284,33 @@ def _output_header(data_header: fits.Header, header: fits.Header | None) -> fits
     return fits.Header(list(data_header.cards) + list(kept.values()) + notes)
 
 
-def write_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None):
+def write_fits(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    header: fits.Header | None = None,
+    extensions: dict[str, np.ndarray] | None = None,
+):
     """Write ``data`` (float32 unless integer) as a primary-HDU FITS file, atomically.
 
     Only keywords that describe the observation are copied from ``header``; structural ones
-    (BITPIX, NAXISn, BZERO, BSCALE) follow the new data.
+    (BITPIX, NAXISn, BZERO, BSCALE) follow the new data. ``extensions`` adds named image HDUs
+    (e.g. a master's defect map) after the primary one.
     """
     data = np.ascontiguousarray(data)
-    if data.dtype == np.float32:  # the common case: written by rows, without astropy's copies
+    if data.dtype == np.float32 and not extensions:  # the common case: by rows, no astropy copies
         with FitsWriter(path, data.shape, header) as w:
             w.write_rows(0, data)
         return
     hdu = fits.PrimaryHDU(data=data, header=_output_header(fits.PrimaryHDU(data=data).header, header))
+    hdul = fits.HDUList([hdu, *(fits.ImageHDU(v, name=k) for k, v in (extensions or {}).items())])
     with atomic_path(path) as tmp:
-        hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
+        hdul.writeto(tmp, overwrite=True, output_verify="silentfix")
+
+
+def read_extension(path: str | os.PathLike, name: str) -> np.ndarray | None:
+    """The data of the image extension ``name`` of a FITS file, or None when it has none."""
+    with fits.open(path, memmap=False) as hdul:
+        return np.array(hdul[name].data) if name in hdul else None
 
 
 class FitsWriter:
@@ -354,6 +367,29 @@ def write_xisf(
         XISF.write(str(tmp), np.ascontiguousarray(img), image_metadata={"FITSKeywords": keywords})
 
 
+_LAYOUT_KEYS = ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "BZERO", "BSCALE")
+
+
+def _primary_layout(path: Path) -> tuple[int, dict]:
+    """``(data offset, structural cards)`` of a FITS file's primary header, read from its
+    80-character cards: astropy's full header parse costs a millisecond per file, which a
+    1000-frame integration pays for every frame."""
+    cards: dict[str, str] = {}
+    with open(path, "rb") as f:
+        for block_no in range(1, 1000):
+            block = f.read(2880)
+            if len(block) < 2880:
+                break
+            for k in range(0, 2880, 80):
+                card = block[k : k + 80].decode("ascii", "replace")
+                key = card[:8].rstrip()
+                if key == "END":
+                    return 2880 * block_no, cards
+                if key in _LAYOUT_KEYS and card[8:10] == "= ":
+                    cards[key] = card[10:].split("/")[0].strip()
+    raise FrameError(f"{path}: no END card in the primary header")
+
+
 class FitsRows:
     """Rows of an uncompressed primary-HDU FITS image, read from disk only when sliced.
 
@@ -366,19 +402,22 @@ class FitsRows:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
-                hdu = hdul[0]
-                h = hdu.header
-                if not hdu.is_image or h.get("NAXIS", 0) not in (2, 3):
-                    raise FrameError(f"{self.path}: no image in the primary HDU")
-                self.offset = hdu._data_offset
-                self.shape = tuple(int(h[f"NAXIS{i}"]) for i in range(h["NAXIS"], 0, -1))
-                self.bitpix = int(h["BITPIX"])
-                self.bzero, self.bscale = float(h.get("BZERO", 0)), float(h.get("BSCALE", 1))
-        _check_size(self.path, h)
-        self._dtype = np.dtype({8: "u1", 16: ">i2", 32: ">i4", -32: ">f4", -64: ">f8"}[self.bitpix])
+        self.offset, cards = _primary_layout(self.path)
+        try:
+            if cards.get("SIMPLE") != "T" or int(cards["NAXIS"]) not in (2, 3):
+                raise FrameError(f"{self.path}: no image in the primary HDU")
+            naxis = int(cards["NAXIS"])
+            self.shape = tuple(int(cards[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
+            self.bitpix = int(cards["BITPIX"])
+            self.bzero = float(cards.get("BZERO", 0))
+            self.bscale = float(cards.get("BSCALE", 1))
+            self._dtype = np.dtype({8: "u1", 16: ">i2", 32: ">i4", -32: ">f4", -64: ">f8"}[self.bitpix])
+        except (KeyError, ValueError) as exc:
+            raise FrameError(f"{self.path}: unreadable primary header ({exc})") from None
+        expected = self.offset + int(np.prod(self.shape)) * self._dtype.itemsize
+        size = self.path.stat().st_size
+        if size < expected:
+            raise FrameError(f"file is truncated ({size} bytes, image needs at least {expected})")
 
     def __getitem__(self, key):
         c, rows = (0, key) if len(self.shape) == 2 else key

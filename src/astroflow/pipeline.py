@@ -4,23 +4,38 @@ Each stage reads its inputs, writes its outputs atomically and records every dec
 frames and why) in a TSV next to its images, so ``frames.tsv`` can be assembled at the end and a
 later ``astroflow live`` can call the same functions on a watched folder. Per-frame work is done
 in chunks (one job per chunk of frames), never one job per frame.
+
+Modules a stage alone needs (numba kernels, pandas, scipy) are imported inside it: every job
+pays the imports of this module, and a small night's run is mostly job start-ups.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from astropy.io import fits
 
-from . import __version__, cosmetic, integrate, measure, register
-from .calibrate import calibrate_light, master
-from .debayer import debayer, effective_pattern
-from .io import FitsRows, FitsWriter, FrameError, add_history, copy_wcs, read_header, read_image, write_fits
+from . import __version__, cosmetic, measure
+from .calibrate import calibrate_light
+from .io import (
+    FitsRows,
+    FitsWriter,
+    FrameError,
+    add_history,
+    atomic_path,
+    copy_wcs,
+    read_extension,
+    read_header,
+    read_image,
+    write_fits,
+)
+from .tables import number, read_chunk_tables, read_tsv, write_tsv
 
 log = logging.getLogger("astroflow")
 
@@ -30,8 +45,13 @@ def setup_logging(path: str | Path, threads: int = 1) -> None:
     thread pools to the job's ``threads`` (Snakemake's budget); used by the Snakemake scripts."""
     import cv2
 
-    cv2.setNumThreads(max(1, int(threads)))
-    integrate.set_threads(threads)
+    threads = max(1, int(threads))
+    cv2.setNumThreads(threads)
+    os.environ["NUMBA_NUM_THREADS"] = str(threads)  # read when numba is imported
+    if "numba" in sys.modules:
+        from .integrate import set_threads
+
+        set_threads(threads)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         filename=str(path), level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
@@ -47,19 +67,7 @@ def _stem(path: str) -> str:
     return Path(path).stem
 
 
-def _read_tables(dirs: list[str], name: str) -> pd.DataFrame:
-    """Concatenate the ``name`` TSV of each chunk folder, with the folder in a ``dir`` column."""
-    tables = []
-    for d in dirs:
-        t = pd.read_csv(Path(d) / name, sep="\t")
-        t["dir"] = str(d)
-        tables.append(t)
-    return pd.concat(tables, ignore_index=True)
-
-
-def _write_tsv(df: pd.DataFrame, path: Path) -> None:
-    from .io import atomic_path
-
+def _write_frame(df, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False)
 
@@ -67,44 +75,57 @@ def _write_tsv(df: pd.DataFrame, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Masters
 
+DEFECTS = "DEFECTS"  # extension of a master dark or flat: its defect map (cosmetic codes)
 
-def build_master(name: str, spec: dict, masters_dir: str | Path, out: str | Path, cfg: dict) -> None:
-    """Integrate one master (``spec`` from the plan) and write it to ``out``."""
-    masters_dir = Path(masters_dir)
-    bias = dark = None
+
+def _integrate_master(spec: dict, deps: dict, cfg: dict):
+    """``(data, header, notes)`` of a master from its frames; the masters it is calibrated with
+    (bias, flat-dark) are integrated here too, from ``deps`` (name -> spec), with the same
+    function: bit-identical to their own files, and no master job waits for another."""
+    from .calibrate import master
+
     with_ = spec.get("calibrate_with", {})
-    if with_.get("bias"):
-        bias = read_image(masters_dir / f"{with_['bias']}.fits")[0]
-    if with_.get("dark"):  # flat-darks share the flats' exposure: subtracted as is
-        dark = read_image(masters_dir / f"{with_['dark']}.fits")[0]
-    data, header, notes = master(
+    bias = _integrate_master(deps[with_["bias"]], deps, cfg)[0] if with_.get("bias") else None
+    dark = _integrate_master(deps[with_["dark"]], deps, cfg)[0] if with_.get("dark") else None
+    return master(
         spec["files"],
         spec["kind"],
         cfg["calibration"]["master_rejection"],
         bias=bias,
-        dark=dark,
+        dark=dark,  # flat-darks share the flats' exposure: subtracted as is
         memory_mb=cfg["integration"]["memory_mb"],
     )
+
+
+def build_master(name: str, spec: dict, deps: dict, out: str | Path, cfg: dict) -> None:
+    """Integrate one master (``spec`` from the plan; ``deps`` the specs of the masters it is
+    calibrated with) and write it to ``out``.
+
+    A master dark carries its hot/cold pixel map, a master flat its dead pixels, in a
+    ``DEFECTS`` image extension (uint8, :mod:`astroflow.cosmetic` codes): found once per master,
+    applied to every light calibrated with it.
+    """
+    data, header, notes = _integrate_master(spec, deps, cfg)
     for note in notes:
         log.warning("%s: %s", name, note)
         header["HISTORY"] = note[:70]
     header["HISTORY"] = f"astroflow {__version__}"
-    write_fits(out, data, header)
-
-
-def bad_pixel_map(dark_path, flat_path, out, cfg: dict, cfa: bool) -> None:
-    """Write the bad-pixel map (0 good, 1 hot, 2 cold) for one filter."""
-    cc = cfg["cosmetic"]
-    dark = read_image(dark_path)[0] if dark_path else None
-    flat = read_image(flat_path)[0] if flat_path else None
-    if dark is None and flat is None:
-        raise ValueError("bad_pixel_map needs a master dark or a master flat")
-    bpm = cosmetic.bad_pixel_map(dark, flat, cc["hot_sigma"], cc["cold_sigma"], cfa=cfa)
-    header = fits.Header()
-    header["HOT"] = (int((bpm == cosmetic.HOT).sum()), "hot pixels")
-    header["COLD"] = (int((bpm == cosmetic.COLD).sum()), "cold pixels")
-    header["HISTORY"] = f"hot sigma {cc['hot_sigma']}, cold sigma {cc['cold_sigma']}"
-    write_fits(out, bpm, header)
+    extensions = {}
+    if spec["kind"] in ("dark", "flat") and data.ndim == 2:
+        cc = cfg["cosmetic"]
+        is_dark = spec["kind"] == "dark"
+        defects = cosmetic.bad_pixel_map(
+            data if is_dark else None,
+            None if is_dark else data,
+            cc["hot_sigma"],
+            cc["cold_sigma"],
+            cfa=bool(spec.get("cfa")),
+        )
+        header["HOT"] = (int((defects == cosmetic.HOT).sum()), "hot pixels (DEFECTS extension)")
+        header["COLD"] = (int((defects == cosmetic.COLD).sum()), "cold pixels (DEFECTS extension)")
+        header["HISTORY"] = f"defects: hot sigma {cc['hot_sigma']}, cold sigma {cc['cold_sigma']}"
+        extensions[DEFECTS] = defects
+    write_fits(out, data, header, extensions=extensions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,9 +139,11 @@ def _saturation_level(header) -> float:
     return 65535.0 * 0.98
 
 
-def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict) -> None:
+def calibrate_chunk(rows: list[dict], masters_dir, out_dir, cfg: dict) -> None:
     """Calibrate, correct, debayer and measure each light of a chunk.
 
+    Each light's bad pixels are the defects of its master dark and flat (their ``DEFECTS``
+    extensions) plus, with ``cosmetic.auto_detect``, the isolated ones found in the light.
     Writes ``<stem>_c.fits``, ``stars.npz`` and ``measure.tsv`` (one row per light, with
     ``status`` = ok/excluded and a ``reason``) into ``out_dir``.
     """
@@ -131,11 +154,11 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
 
     def load(name):
         if name not in cache:
-            data, header, _ = read_image(masters_dir / f"{name}.fits")
-            cache[name] = (data, header)
+            path = masters_dir / f"{name}.fits"
+            data, header, _ = read_image(path)
+            cache[name] = (data, header, read_extension(path, DEFECTS))
         return cache[name]
 
-    bpm = read_image(bpm_path)[0].astype(np.uint8) if bpm_path else None
     cc, det = cfg["cosmetic"], cfg["registration"]
     records, stars_out = [], {}
     for row in rows:
@@ -158,8 +181,9 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
             saturated = raw >= _saturation_level(header)
             bias = load(row["bias"])[0] if row.get("bias") else None
             dark = None
+            defects = [load(row[k])[2] for k in ("dark", "flat") if row.get(k)]
             if row.get("dark"):
-                d, dh = load(row["dark"])
+                d, dh, _ = load(row["dark"])
                 dark = (d, float(dh.get("EXPTIME", row["exptime"])), "B" not in str(dh.get("CALSTAT", "")))
             flat = load(row["flat"])[0] if row.get("flat") else None
             for name, m in (("bias", bias), ("flat", flat), ("dark", dark[0] if dark else None)):
@@ -168,7 +192,10 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
             img = calibrate_light(raw, row["exptime"], bias, dark, flat)
             del raw  # only the saturation map is needed from here on
             cfa = bool(row.get("bayer"))
-            bad = np.zeros(img.shape, np.uint8) if bpm is None else bpm.copy()
+            bad = np.zeros(img.shape, np.uint8)
+            for m in defects:
+                if m is not None:
+                    np.maximum(bad, m, out=bad)
             noise = measure.noise_sigma(img)  # defects are clipped out of it: valid after repair too
             if cc["enabled"] and cc["auto_detect"]:
                 bad |= cosmetic.isolated_defects(img, cc["auto_sigma"], noise, cfa=cfa)
@@ -177,6 +204,8 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
             else:
                 img = cosmetic.correct(img, np.zeros(img.shape, np.uint8), cfa=cfa)  # NaNs only
             if cfa:
+                from .debayer import debayer, effective_pattern
+
                 pattern = effective_pattern(
                     row["bayer"],
                     int(header.get("XBAYROFF", 0) or 0),
@@ -203,7 +232,7 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
                     hdr.remove(key, ignore_missing=True)
             write_fits(out_dir / out_name, img, hdr)
             stars_out[out_name] = np.column_stack([stars["x"], stars["y"], stars["flux"]])
-            rec.update(file=out_name, status="ok", bad_pixels=int((bad != 0).sum()))
+            rec.update(file=out_name, status="ok", bad_pixels=int(np.count_nonzero(bad)))
             rec.update(
                 {k: v for k, v in stats.as_dict().items() if k not in ("background", "scale", "noise")}
             )
@@ -218,43 +247,56 @@ def calibrate_chunk(rows: list[dict], masters_dir, bpm_path, out_dir, cfg: dict)
             log.error("excluded %s", exc)
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         records.append(rec)
-    np.savez(out_dir / "stars.npz", **stars_out)
-    _write_tsv(pd.DataFrame(records), out_dir / "measure.tsv")
+    with atomic_path(out_dir / "stars.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **stars_out)
+    write_tsv(records, out_dir / "measure.tsv")
 
 
 # ---------------------------------------------------------------------------------------------
 # Reference choice
 
 
-def choose_reference(calibrated_dirs: list[str], out: str | Path) -> dict:
+def choose_reference(calibrated_dirs: list[str]) -> dict:
     """Pick the registration reference among all calibrated lights of a target.
 
     The filter with the most stars (median per frame) is preferred; within it, among frames with
     at least 90 % of the best star count, the best AutoIntegrate 'Generic' weight (FWHM,
-    eccentricity, SNR). Writes ``reference.json``.
+    eccentricity, SNR). A pure function of the chunks' ``measure.tsv``: every register job
+    computes it (no job waits for a separate reference step) and :func:`write_reference` records it.
     """
-    df = _read_tables(calibrated_dirs, "measure.tsv")
-    ok = df[(df["status"] == "ok") & (df["stars"] >= 3)].copy()
-    if ok.empty:
+    ok = [
+        r
+        for r in read_chunk_tables(calibrated_dirs, "measure.tsv")
+        if r["status"] == "ok" and (r.get("stars") or 0) >= 3
+    ]
+    if not ok:
         raise RuntimeError("no calibrated light has 3 or more stars: nothing can be registered")
-    ok["chunk_filter"] = ok["dir"].map(lambda d: Path(d).name.rsplit("_", 1)[0])
-    best_filter = ok.groupby("chunk_filter")["stars"].median().sort_index().idxmax()
-    cand = ok[ok["chunk_filter"] == best_filter].copy()
-    cand["weight"] = measure.generic_weight(cand.to_dict("records"))
+    by_filter: dict[str, list[dict]] = {}
+    for r in ok:
+        by_filter.setdefault(Path(r["dir"]).name.rsplit("_", 1)[0], []).append(r)
+    medians = {f: float(np.median([r["stars"] for r in rs])) for f, rs in sorted(by_filter.items())}
+    best_filter = max(medians, key=medians.get)  # first of equals, in name order
+    cand = by_filter[best_filter]
+    stats = [{k: number(r.get(k)) for k in ("fwhm", "eccentricity", "snr")} for r in cand]
+    weights = measure.generic_weight(stats)
     # a reference must show the stars the others share: only frames near the best star count
-    cand = cand[cand["stars"] >= 0.9 * cand["stars"].max()]
-    best = cand.sort_values(["weight", "path"], ascending=[False, True]).iloc[0]
+    most = max(r["stars"] for r in cand)
+    pool = [(w, r) for w, r in zip(weights, cand, strict=True) if r["stars"] >= 0.9 * most]
+    weight, best = min(pool, key=lambda wr: (-wr[0], wr[1]["path"]))
     stars = np.load(Path(best["dir"]) / "stars.npz")[best["file"]]
-    ref = {
+    return {
         "path": best["path"],
         "file": str(Path(best["dir"]) / best["file"]),
         "filter": best_filter,
-        "weight": float(best["weight"]),
-        "fwhm": float(best["fwhm"]),
+        "weight": float(weight),
+        "fwhm": number(best.get("fwhm")),
         "stars": stars[:, :2].tolist(),
     }
-    from .io import atomic_path
 
+
+def write_reference(calibrated_dirs: list[str], out: str | Path) -> dict:
+    """Write ``reference.json``: the reference :func:`choose_reference` picks, and why."""
+    ref = choose_reference(calibrated_dirs)
     with atomic_path(out) as tmp:
         Path(tmp).write_text(json.dumps(ref, indent=1))
     return ref
@@ -264,11 +306,15 @@ def choose_reference(calibrated_dirs: list[str], out: str | Path) -> dict:
 # Registration of a chunk
 
 
-def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
-    """Register every measured light of a chunk onto the reference; write ``<stem>_r.fits``."""
+def register_chunk(calibrated_dir, calibrated_dirs: list[str], out_dir, cfg: dict) -> None:
+    """Register every measured light of a chunk onto the target's reference (chosen from all
+    its ``calibrated_dirs``, :func:`choose_reference`); write ``<stem>_r.fits`` and
+    ``registration.tsv`` (the chunk's ``measure.tsv`` rows with the registration's columns)."""
+    from . import register
+
     calibrated_dir, out_dir = Path(calibrated_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ref = json.loads(Path(reference_json).read_text())
+    ref = choose_reference(calibrated_dirs)
     ref_xy = np.asarray(ref["stars"], float)
     ref_header = read_header(ref["file"])
     shape = (int(ref_header["NAXIS2"]), int(ref_header["NAXIS1"]))
@@ -283,14 +329,14 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
         return ref_lum[0]
 
     rc = cfg["registration"]
-    table = pd.read_csv(calibrated_dir / "measure.tsv", sep="\t")
+    table = read_tsv(calibrated_dir / "measure.tsv")
     stars = np.load(calibrated_dir / "stars.npz")
-    records = []
-    for _, row in table.iterrows():
-        rec = {"index": int(row["index"]), "reg_status": "excluded", "reg_reason": "", "registered": ""}
+    rows = []
+    for row in table:
+        rec = {"reg_status": "excluded", "reg_reason": "", "registered": ""}
+        rows.append({**row, **rec})
         if row["status"] != "ok":
-            rec["reg_reason"] = "not calibrated"
-            records.append(rec)
+            rows[-1]["reg_reason"] = "not calibrated"
             continue
         src_path = calibrated_dir / row["file"]
         try:
@@ -322,7 +368,7 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
             copy_wcs(ref_header, header)
             write_fits(out_dir / name, out, header)
             a = reg.matrix
-            rec.update(
+            rows[-1].update(
                 reg_status="ok",
                 registered=name,
                 matches=reg.matches,
@@ -335,11 +381,9 @@ def register_chunk(calibrated_dir, reference_json, out_dir, cfg: dict) -> None:
                 reference=str(src_path) == ref["file"],
             )
         except (register.RegistrationError, FrameError) as exc:
-            rec["reg_reason"] = f"{row['path']}: cannot register: {exc}"
-            log.error("excluded %s", rec["reg_reason"])
-        records.append(rec)
-    merged = table.merge(pd.DataFrame(records), on="index", how="left")
-    _write_tsv(merged, out_dir / "registration.tsv")
+            rows[-1]["reg_reason"] = f"{row['path']}: cannot register: {exc}"
+            log.error("excluded %s", rows[-1]["reg_reason"])
+    write_tsv(rows, out_dir / "registration.tsv")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +394,14 @@ def integrate_filter(
     registered_dirs: list[str], filt: str, outputs: dict, cfg: dict, history: list[str]
 ) -> dict:
     """Integrate all registered frames of one filter; write image, rejection and coverage maps."""
-    df = _read_tables(registered_dirs, "registration.tsv")
+    import pandas as pd
+
+    from . import integrate
+
+    df = pd.concat(
+        [pd.read_csv(Path(d) / "registration.tsv", sep="\t").assign(dir=str(d)) for d in registered_dirs],
+        ignore_index=True,
+    )
     ok = df[df["reg_status"] == "ok"].sort_values("path").reset_index(drop=True)
     if ok.empty:
         raise RuntimeError(f"filter {filt}: no frame could be calibrated and registered (see frames.tsv)")
@@ -437,12 +488,14 @@ def integrate_filter(
 # The frame table
 
 
-def frame_table(classified: pd.DataFrame, registered_dirs: list[str], reference_json, out) -> pd.DataFrame:
+def frame_table(classified, registered_dirs: list[str], reference_json, out):
     """Merge classification, calibration, measurement and registration into ``frames.tsv``.
 
     A light is ``accepted`` only if it was classified, calibrated and registered; ``reason`` holds
     the first problem met.
     """
+    import pandas as pd
+
     tables = [pd.read_csv(Path(d) / "registration.tsv", sep="\t") for d in registered_dirs]
     done = pd.concat(tables, ignore_index=True).drop(columns=["path", "exptime"])
     done = done.rename(columns={"reason": "calibration_reason", "file": "calibrated"})
@@ -462,7 +515,7 @@ def frame_table(classified: pd.DataFrame, registered_dirs: list[str], reference_
         errors="ignore",
     )
     table = table.rename(columns={"reference_x": "reference"})
-    _write_tsv(table, Path(out))
+    _write_frame(table, Path(out))
     return table
 
 
@@ -472,8 +525,6 @@ def run_record(cfg: dict, plan: dict, code: str, config_out, versions_out) -> No
     import platform
 
     import yaml
-
-    from .io import atomic_path
 
     with atomic_path(config_out) as tmp:
         Path(tmp).write_text(
@@ -497,4 +548,4 @@ def run_record(cfg: dict, plan: dict, code: str, config_out, versions_out) -> No
             rows.append((pkg, md.version(pkg)))
         except md.PackageNotFoundError:
             rows.append((pkg, "not installed"))
-    _write_tsv(pd.DataFrame(rows, columns=["package", "version"]), Path(versions_out))
+    write_tsv([{"package": p, "version": v} for p, v in rows], Path(versions_out))

@@ -163,6 +163,8 @@ def _light_row(r: pd.Series) -> dict:
 
 def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict) -> dict:
     ok = table["accepted"]
+    # one-shot-colour lights: their masters' defect maps are found per Bayer colour
+    cfa = bool(tlights["bayer"].fillna("").astype(str).ne("").any())
     masters: dict[str, dict] = {}
     per_light: dict[int, dict] = {i: {} for i in tlights.index}
     notes: dict[int, list[str]] = {i: [] for i in tlights.index}
@@ -187,7 +189,7 @@ def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict) -> dict
     for g in dark_groups:
         name = f"AutoMasterDark_{_fmt(float(g['exptime'].iloc[0]))}s"
         temp = g["temperature"].dropna().median() if g["temperature"].notna().any() else None
-        masters[name] = {"kind": "dark", "files": sorted(g["path"]), "calibrate_with": {}}
+        masters[name] = {"kind": "dark", "files": sorted(g["path"]), "calibrate_with": {}, "cfa": cfa}
         dark_info.append((name, float(g["exptime"].iloc[0]), temp))
 
     # Flat-darks per filter, flats per filter.
@@ -210,7 +212,12 @@ def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict) -> dict
             with_["dark"] = fdname
         elif bias_name:
             with_["bias"] = bias_name
-        masters[fname] = {"kind": "flat", "files": sorted(fflats["path"]), "calibrate_with": with_}
+        masters[fname] = {
+            "kind": "flat",
+            "files": sorted(fflats["path"]),
+            "calibrate_with": with_,
+            "cfa": cfa,
+        }
 
     for idx, light in tlights.iterrows():
         choice = per_light[idx]

@@ -4,11 +4,11 @@ Transforms are 2×3 affine matrices ``A`` mapping **reference** pixel coordinate
 (frame) coordinates: ``[x_src, y_src] = A @ [x_ref, y_ref, 1]`` (0-based, x = column). That is
 the direction resampling needs (for every output pixel, where to read in the frame).
 
-Matching: astroalign's triangle-invariant matching (with RANSAC) on the brightest stars gives a
-first transform; it is then refined by least squares on every star pair within a shrinking
-radius, with 3-sigma outlier rejection, so hundreds of stars (not a handful) set the final
-transform. Frames with few stars (narrowband) fall back to shift voting between star pairs and
-then to phase correlation for the first guess, followed by the same refinement.
+Matching: a first transform from shift voting between star pairs (most frames of a night are
+shifted, hardly rotated: milliseconds), else astroalign's triangle-invariant matching (with
+RANSAC) on the brightest stars, else phase correlation of the images; it is then refined by
+least squares on every star pair within a shrinking radius, with 3-sigma outlier rejection, so
+hundreds of stars (not a handful) set the final transform.
 """
 
 from __future__ import annotations
@@ -139,8 +139,8 @@ def register(
 ) -> Registration:
     """Find the reference->source transform from two star lists (brightest first).
 
-    First guesses are tried in order until one matches at least half the stars: triangles
-    (astroalign), shift votes, then phase correlation of ``images()`` (a callable returning the
+    First guesses are tried in order until one matches at least half the stars: shift votes
+    (milliseconds), triangles (astroalign: any rotation), then phase correlation of ``images()`` (a callable returning the
     reference and source luminance, called only if needed: it costs a full-frame FFT).
     Raises :class:`RegistrationError` when fewer than ``min_matches`` stars agree.
     """
@@ -160,7 +160,8 @@ def register(
         except Exception:  # astroalign raises MaxIterError / ValueError when no triangle set agrees
             return None
 
-    guesses = [(triangles, "triangles"), (lambda: _vote_shift(ref_xy, src_xy), "votes")]
+    # cheapest first: most frames of a night are shifted, hardly rotated, from the reference
+    guesses = [(lambda: _vote_shift(ref_xy, src_xy), "votes"), (triangles, "triangles")]
     if images is not None:
         guesses.append((lambda: _phase_shift(*images()), "phase"))
     best = None

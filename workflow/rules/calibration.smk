@@ -1,4 +1,4 @@
-# Master calibration frames and bad-pixel maps.
+# Master calibration frames; master darks and flats carry their defect maps (DEFECTS extension).
 
 
 rule master:
@@ -14,27 +14,8 @@ rule master:
         "../../envs/astroflow.yaml"
     params:
         spec=lambda wc: PLAN[wc.target]["masters"][wc.name],
-        masters_dir=lambda wc: out(wc.target, "masters"),
-        cfg=section("calibration", "integration"),
+        deps=lambda wc: master_deps(wc.target, wc.name),
+        cfg=section("calibration", "integration", "cosmetic"),
         code=CODE,
     script:
         "../../scripts/master.py"
-
-
-rule bad_pixel_map:
-    input:
-        unpack(lambda wc: bpm_sources(wc.target, wc.filter)),
-    output:
-        out("{target}", "masters", "BadPixelMap_{filter}.fits"),
-    log:
-        out("{target}", "logs", "bad_pixel_map_{filter}.log"),
-    benchmark:
-        out("{target}", "benchmarks", "bad_pixel_map_{filter}.tsv")
-    conda:
-        "../../envs/astroflow.yaml"
-    params:
-        cfa=lambda wc: wc.filter == "RGB",
-        cfg=section("cosmetic"),
-        code=CODE,
-    script:
-        "../../scripts/bad_pixel_map.py"

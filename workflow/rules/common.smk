@@ -8,8 +8,8 @@ from snakemake.utils import validate
 
 from astroflow import __version__
 from astroflow.classify import scan
-from astroflow.finish import output_files, products
 from astroflow.options import non_default, source_hash
+from astroflow.products import output_files, products
 from astroflow.plan import PlanError, build_plan
 
 validate(config, "../schemas/config.schema.yaml")
@@ -57,40 +57,24 @@ def all_outputs():
     for target, plan in PLAN.items():
         files.append(out(target, "frames.tsv"))
         files.append(out(target, "run", "config.yaml"))
+        files += [master_path(target, name) for name in plan["masters"]]
         files += [
             out(target, "integration", f"Integration_{f}.fits") for f in plan["filters"]
         ]
     return files
 
 
+def master_deps(target, name):
+    """Specs of the masters a master is calibrated with (bias, flat-dark): its job integrates
+    them itself from their frames, so master jobs never wait for one another."""
+    masters = PLAN[target]["masters"]
+    return {n: masters[n] for n in masters[name]["calibrate_with"].values() if n}
+
+
 def master_inputs(wildcards):
-    spec = PLAN[wildcards.target]["masters"][wildcards.name]
-    deps = [master_path(wildcards.target, n) for n in spec["calibrate_with"].values()]
-    return spec["files"] + deps
-
-
-def bpm_sources(target, filt):
-    """Master dark (of the filter's most common exposure) and master flat behind a bad-pixel map."""
-    rows = [
-        r
-        for c, rs in PLAN[target]["chunks"].items()
-        if c.rsplit("_", 1)[0] == filt
-        for r in rs
-    ]
-    darks = [r["dark"] for r in rows if r.get("dark")]
-    flats = [r["flat"] for r in rows if r.get("flat")]
-    sources = {}
-    if darks:
-        sources["dark"] = master_path(target, max(sorted(set(darks)), key=darks.count))
-    if flats:
-        sources["flat"] = master_path(target, flats[0])
-    return sources
-
-
-def bpm_path(target, filt):
-    if not bpm_sources(target, filt):
-        return None
-    return out(target, "masters", f"BadPixelMap_{filt}.fits")
+    deps = master_deps(wildcards.target, wildcards.name)
+    files = PLAN[wildcards.target]["masters"][wildcards.name]["files"]
+    return files + [f for spec in deps.values() for f in spec["files"]]
 
 
 def chunk_rows(wildcards):
@@ -104,14 +88,10 @@ def chunk_filter(chunk):
 def calibrate_inputs(wildcards):
     rows = chunk_rows(wildcards)
     names = sorted({r[k] for r in rows for k in ("bias", "dark", "flat") if r.get(k)})
-    inputs = {
+    return {
         "lights": [r["path"] for r in rows],
         "masters": [master_path(wildcards.target, n) for n in names],
     }
-    bpm = bpm_path(wildcards.target, chunk_filter(wildcards.chunk))
-    if bpm:
-        inputs["bpm"] = bpm
-    return inputs
 
 
 def chunks_of(target, filt=None):

@@ -1,5 +1,6 @@
-# Per-chunk work on lights: calibrate + cosmetic + debayer + measure, choose the reference,
-# register. One job per chunk of frames (`batch_size`), not per frame.
+# Per-chunk work on lights: calibrate + cosmetic + debayer + measure, then register (each
+# register job chooses the target's reference from all measurements; `reference` records it).
+# One job per chunk of frames (`batch_size`), not per frame.
 
 
 rule calibrate:
@@ -42,7 +43,10 @@ rule reference:
 rule register:
     input:
         calibrated=out("{target}", "calibrated", "{chunk}"),
-        reference=out("{target}", "reference.json"),
+        # the reference is chosen here from every chunk's measurements (no job waits for it)
+        all_calibrated=lambda wc: [
+            out(wc.target, "calibrated", c) for c in chunks_of(wc.target)
+        ],
     output:
         directory(out("{target}", "registered", "{chunk}")),
     log:
