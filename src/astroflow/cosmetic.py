@@ -141,24 +141,26 @@ def correct(image: np.ndarray, bad: np.ndarray, cfa: bool = False) -> np.ndarray
     step = 2 if cfa else 1
     h, w = out.shape
 
-    def around(offsets):
-        vals = np.full((len(offsets), ys.size), np.nan, np.float32)
+    def around(offsets, ys, xs):
+        vals = np.empty((len(offsets), ys.size), np.float32)
         for k, (dy, dx) in enumerate(offsets):
             yy, xx = ys + dy * step, xs + dx * step
-            ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            v = np.full(ys.size, np.nan, np.float32)
-            v[ok] = out[yy[ok], xx[ok]]
-            v[ok & bad[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]] = np.nan
-            vals[k] = v
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            yy, xx = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
+            vals[k] = np.where(inside & ~bad[yy, xx], out[yy, xx], np.float32(np.nan))
         return vals
 
-    edges = around([(-1, 0), (1, 0), (0, -1), (0, 1)])
-    corners = around([(-1, -1), (-1, 1), (1, -1), (1, 1)])
-    quad = 2 * edges.mean(axis=0) - corners.mean(axis=0)  # NaN unless all 8 are good
-    window = around([(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if dy or dx])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods fall back below
-        rep = np.where(np.isfinite(quad), quad, np.nanmedian(window, axis=0))
+    edges = around([(-1, 0), (1, 0), (0, -1), (0, 1)], ys, xs)
+    corners = around([(-1, -1), (-1, 1), (1, -1), (1, 1)], ys, xs)
+    rep = 2 * edges.mean(axis=0) - corners.mean(axis=0)  # NaN unless all 8 are good
+    worse = np.nonzero(~np.isfinite(rep))[0]  # bad neighbours (few): median of the good in 5×5
+    if worse.size:
+        window = around(
+            [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if dy or dx], ys[worse], xs[worse]
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods fall back below
+            rep[worse] = np.nanmedian(window, axis=0)
     if not np.isfinite(rep).all():  # whole neighbourhoods missing: the frame's median
         rep = np.where(np.isfinite(rep), rep, np.float32(np.median(finite_or_median(out)[::7, ::7])))
     out[ys, xs] = rep

@@ -239,23 +239,31 @@ def _column(v, n_all, code, low, high, max_iter, table, r_max, state, s, sidx, d
         for k in range(n_all):
             if state[k] == 0:
                 s[m] = v[k]
-                sidx[m] = k
                 m += 1
         if m <= MIN_KEEP:
             return
-        _sort_with_index(s, sidx, m)
+        _sort(s, m)  # values only: the tests below run over v, in frame order
         med = _median_sorted(s, m)
         changed = False
         if code == 2:  # line through the sorted values against their normal scores
             q1 = _quantile_sorted(s, m, 0.25)
             sd = (_quantile_sorted(s, m, 0.75) - q1) / 1.3490  # slope = sigma, from the quartiles
-            for r in range(m):
-                resid = s[r] - (med + sd * table[m, r])
+            # a value can only be off the line if it is beyond these even at its extreme score:
+            # only those few need their rank (most columns have none)
+            lo_cut, hi_cut = sd * (table[m, m - 1] - low), sd * (high + table[m, 0])
+            for k in range(n_all):
+                d = v[k] - med
+                if state[k] != 0 or lo_cut <= d <= hi_cut:
+                    continue
+                r = 0
+                while r < m and s[r] < v[k]:
+                    r += 1
+                resid = d - sd * table[m, r]
                 if resid < -low * sd:
-                    state[sidx[r]] = 1
+                    state[k] = 1
                     changed = True
                 elif resid > high * sd:
-                    state[sidx[r]] = 2
+                    state[k] = 2
                     changed = True
         else:
             sd = 0.0
@@ -289,15 +297,17 @@ def _column(v, n_all, code, low, high, max_iter, table, r_max, state, s, sidx, d
                     total += (s[k] - med) ** 2
                 _sort(dev, m)
                 mad = 1.4826 * _median_sorted(dev, m)
-            for r in range(m):
+            for k in range(n_all):
+                if state[k] != 0:
+                    continue
                 if code == 0:
-                    loo = np.sqrt(max(total - (s[r] - med) ** 2, 0.0) / max(m - 2, 1))
+                    loo = np.sqrt(max(total - (v[k] - med) ** 2, 0.0) / max(m - 2, 1))
                     sd = max(mad, loo)
-                if s[r] < med - low * sd:
-                    state[sidx[r]] = 1
+                if v[k] < med - low * sd:
+                    state[k] = 1
                     changed = True
-                elif s[r] > med + high * sd:
-                    state[sidx[r]] = 2
+                elif v[k] > med + high * sd:
+                    state[k] = 2
                     changed = True
         if not changed:
             return
@@ -508,7 +518,10 @@ def integrate_bands(
         for c in range(channels):
             band = np.empty((n, (yb - ya) * nx), np.float32)
             for i, src in enumerate(sources):
-                band[i] = (src[ya:yb] if mono else src[c, ya:yb]).reshape(-1)
+                if hasattr(src, "read_into"):  # a FitsRows: read straight into the band
+                    src.read_into(band[i], ya, c)
+                else:
+                    band[i] = (src[ya:yb] if mono else src[c, ya:yb]).reshape(-1)
             _normalise_inplace(band, *coeffs[c])
             state = reject_state(band, rejection, low, high)
             if grow > 0 and (state == 2).any():

@@ -421,21 +421,27 @@ class FitsRows:
 
     def __getitem__(self, key):
         c, rows = (0, key) if len(self.shape) == 2 else key
+        y0, y1, _ = rows.indices(self.shape[-2])
+        out = np.empty((max(0, y1 - y0), self.shape[-1]), np.float32)
+        self.read_into(out, y0, c)
+        return out
+
+    def read_into(self, out: np.ndarray, y0: int, channel: int = 0) -> None:
+        """Fill ``out`` (float32, ``(rows, nx)`` or flat) with rows from ``y0`` of ``channel``:
+        one read and one conversion pass, straight into the caller's buffer."""
         ny, nx = self.shape[-2:]
-        y0, y1, _ = rows.indices(ny)
-        start = (c * ny * nx + y0 * nx) * self._dtype.itemsize
-        count = max(0, y1 - y0) * nx
+        start = (channel * ny * nx + y0 * nx) * self._dtype.itemsize
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            buf = os.pread(fd, count * self._dtype.itemsize, self.offset + start)
+            buf = os.pread(fd, out.size * self._dtype.itemsize, self.offset + start)
         finally:
             os.close(fd)
-        data = np.frombuffer(buf, self._dtype, count).astype(np.float32).reshape(-1, nx)
+        flat = out.reshape(-1)
+        np.copyto(flat, np.frombuffer(buf, self._dtype, out.size), casting="unsafe")
         if self.bscale != 1:
-            data *= np.float32(self.bscale)
+            flat *= np.float32(self.bscale)
         if self.bzero:
-            data += np.float32(self.bzero)
-        return data
+            flat += np.float32(self.bzero)
 
 
 def open_rows(path: str | os.PathLike):

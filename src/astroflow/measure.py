@@ -34,14 +34,24 @@ def noise_sigma(image: np.ndarray, clip: float = 3.0, iterations: int = 5) -> fl
 
     Stars and gradients live in larger scales, so this tracks pixel noise (as PixInsight's
     multiresolution noise estimate does) rather than image content. The statistics use at most
-    ~1 M pixels of the layer (every 3rd or sparser).
+    ~1 M pixels of the layer (every 3rd or sparser; on frames above 4 MP, of row bands covering
+    a quarter of the frame).
     """
     import cv2
 
-    img = np.ascontiguousarray(finite_or_median(image))
-    smooth = cv2.sepFilter2D(img, cv2.CV_32F, _B3, _B3, borderType=cv2.BORDER_REFLECT_101)
-    step = max(3, img.size // 1_000_000)
-    w1 = img.ravel()[::step] - smooth.ravel()[::step]
+    img = np.asarray(image, np.float32)
+    h = img.shape[0]
+    # large frames: bands of 64 rows spread over the frame, a quarter of it (plus 2 halo rows
+    # each for the 5×5 kernel) are the sample; the statistics need ~1 M pixels, not 26 M
+    bands = [(0, h)] if img.size <= 4_000_000 else [(y, min(h, y + 64)) for y in range(0, h, 256)]
+    w1 = []
+    for y0, y1 in bands:
+        ya, yb = max(0, y0 - 2), min(h, y1 + 2)
+        part = np.ascontiguousarray(finite_or_median(img[ya:yb]))
+        smooth = cv2.sepFilter2D(part, cv2.CV_32F, _B3, _B3, borderType=cv2.BORDER_REFLECT_101)
+        w1.append((part - smooth)[y0 - ya : y1 - ya].ravel())
+    w1 = np.concatenate(w1)
+    w1 = w1[:: max(3, w1.size // 1_000_000)]
     sigma = float(np.std(w1))
     center = float(np.median(w1))
     for _ in range(iterations):
