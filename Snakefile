@@ -21,3 +21,14 @@ rule all:
     input:
         all_outputs(),
         [final_files(t, p) for t in PRODUCTS for p in PRODUCTS[t]],
+
+
+# Snakemake re-evaluates its job-rate limit with 1 s timers that are still pending when the last
+# job ends; the process waits for them, adding a second to every run. Nothing is left to
+# schedule then, so they are cancelled.
+onsuccess:
+    cancel_pending_timers()
+
+
+onerror:
+    cancel_pending_timers()

@@ -12,7 +12,6 @@ Wall time is the median of ``--repeats`` cold runs; peak RSS is that of the larg
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -26,6 +25,7 @@ import numpy as np
 from astroflow.io import read_image
 from astroflow.quality import score
 from astroflow.synth import NightSpec, load_truth, make_night
+from astroflow.tables import read_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work"
@@ -137,8 +137,13 @@ def main() -> int:
     stack_a = read_image(ours / "integration/Integration_L.fits")[0]
     stack_s = read_image(WORK / "siril/result.fit")[0]
     # the noise-gain single: the same raw frame, resampled by both (Siril's reference is frame 1,
-    # ours is reference.json's); an unresampled reference would flatter its pipeline's gain
-    ref_a = Path(json.loads((ours / "reference.json").read_text())["path"]).name
+    # ours is the registration reference); an unresampled reference would flatter its pipeline's gain
+    ref_a = next(
+        Path(row["path"]).name
+        for tsv in (ours / "registered").glob("*/registration.tsv")
+        for row in read_tsv(tsv)
+        if row.get("reference")
+    )
     lights = sorted(p.name for p in (night / "lights/L").glob("*.fits"))
     k = next(i for i, name in enumerate(lights) if i > 0 and name != ref_a)
     single_a = read_image(next((ours / "registered").glob(f"*/{Path(lights[k]).stem}_r.fits")))[0]

@@ -394,22 +394,18 @@ def integrate_filter(
     registered_dirs: list[str], filt: str, outputs: dict, cfg: dict, history: list[str]
 ) -> dict:
     """Integrate all registered frames of one filter; write image, rejection and coverage maps."""
-    import pandas as pd
-
     from . import integrate
 
-    df = pd.concat(
-        [pd.read_csv(Path(d) / "registration.tsv", sep="\t").assign(dir=str(d)) for d in registered_dirs],
-        ignore_index=True,
-    )
-    ok = df[df["reg_status"] == "ok"].sort_values("path").reset_index(drop=True)
-    if ok.empty:
+    rows = read_chunk_tables(registered_dirs, "registration.tsv")
+    ok = sorted((r for r in rows if r.get("reg_status") == "ok"), key=lambda r: r["path"])
+    if not ok:
         raise RuntimeError(f"filter {filt}: no frame could be calibrated and registered (see frames.tsv)")
     ic = cfg["integration"]
     n = len(ok)
-    channels = sum(1 for c in range(3) if f"scale_{c}" in ok and ok[f"scale_{c}"].notna().all())
+    channels = sum(1 for c in range(3) if all(r.get(f"scale_{c}") is not None for r in ok))
     noise, scale, loc = (
-        ok[[f"{k}_{c}" for c in range(channels)]].to_numpy(float) for k in ("noise", "scale", "background")
+        np.array([[number(r[f"{k}_{c}"]) for c in range(channels)] for r in ok])
+        for k in ("noise", "scale", "background")
     )
     # noise weights on the normalised scale: w = 1 / (noise * s_ref / s_i)^2, up to a constant
     if ic["weights"] == "noise":
@@ -423,10 +419,10 @@ def integrate_filter(
         method = integrate.auto_rejection(max(n, 3), "auto1" if method == "auto1" else "auto2")
     low, high = ic["params"][method] if method in ic["params"] else integrate.DEFAULT_PARAMS[method]
     norms = [integrate.FrameNorm(loc[i], scale[i], float(w[i])) for i in range(n)]
-    sources = [FitsRows(Path(r["dir"]) / r["registered"]) for _, r in ok.iterrows()]
+    sources = [FitsRows(Path(r["dir"]) / r["registered"]) for r in ok]
     if n < 3:
         log.warning("filter %s: only %d frame(s): averaged without rejection", filt, n)
-    head = fits.getheader(Path(ok.loc[ref, "dir"]) / ok.loc[ref, "registered"])
+    head = read_header(Path(ok[ref]["dir"]) / ok[ref]["registered"])
     h = fits.Header()
     for key in (
         "OBJECT",
@@ -444,15 +440,18 @@ def integrate_filter(
     copy_wcs(head, h)
     h["IMAGETYP"] = "Master light"
     h["FILTER"] = filt
-    exps = ok["exptime"].astype(float)
+    exps = np.array([float(r["exptime"]) for r in ok])
     h["EXPTIME"] = (float(np.median(exps)), "[s] single-frame exposure (median)")
     h["EXPTOTAL"] = (float(np.sum(exps)), "[s] total integrated exposure")
     h["NCOMBINE"] = (n, "frames integrated")
-    h["FWHMMED"] = (float(np.nanmedian(ok["fwhm"])), "[px] median FWHM of integrated frames")
+    h["FWHMMED"] = (
+        float(np.nanmedian([number(r.get("fwhm")) for r in ok])),
+        "[px] median FWHM of integrated frames",
+    )
     h["REJECT"] = (method if n >= 3 else "none", "pixel rejection")
     h["NORMALIZ"] = (ic["normalization"], "normalisation")
     h["WEIGHTS"] = (ic["weights"], "frame weighting")
-    h["REFFRAME"] = (Path(ok.loc[ref, "path"]).name[:68], "normalisation reference")
+    h["REFFRAME"] = (Path(ok[ref]["path"]).name[:68], "normalisation reference")
     add_history(h, history)
     shape = sources[0].shape
     bands = integrate.integrate_bands(
@@ -481,7 +480,7 @@ def integrate_filter(
             w_lo.write_rows(y0, squeeze(rej_lo))
             w_hi.write_rows(y0, squeeze(rej_hi))
             w_cov.write_rows(y0, coverage)
-    return {"frames": n, "rejection": method, "reference": ok.loc[ref, "path"]}
+    return {"frames": n, "rejection": method, "reference": ok[ref]["path"]}
 
 
 # ---------------------------------------------------------------------------------------------

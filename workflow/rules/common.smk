@@ -1,6 +1,7 @@
 # Parse-time work: validate the config, classify every file of the night from its header, and
 # plan masters and chunks, so `snakemake -n` and `--dag` show every job of the run.
 import copy
+import threading
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -42,6 +43,13 @@ wildcard_constraints:
     chunk="[A-Z]+_[0-9]{3}",
     filter="L|R|G|B|H|S|O|RGB",
     name="AutoMaster[A-Za-z0-9_.+-]*",
+
+
+def cancel_pending_timers():
+    """Cancel Snakemake's pending scheduler timers (see the Snakefile's onsuccess)."""
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
 
 
 def out(target, *parts):
