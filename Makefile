@@ -7,7 +7,7 @@ CORES ?= 2
 SAMPLE := sample/night
 RESULTS := results
 
-.PHONY: install demo test lint format clean benchmark
+.PHONY: install demo test lint format clean benchmark speed
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,9 @@ format: $(VENV)/.installed
 
 benchmark: $(VENV)/.installed
 	$(BIN)/python benchmarks/vs_siril.py
+
+speed: $(VENV)/.installed
+	$(BIN)/python benchmarks/speed.py
 
 clean:
 	rm -rf $(RESULTS) sample .snakemake

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import statistics
@@ -32,22 +33,26 @@ from vs_siril import ROOT, WORK, run_siril, timed
 from astroflow.io import read_image
 from astroflow.synth import NightSpec, make_night
 
-NIGHTS = {  # name: (frames, width, height, compare with Siril)
-    "20x1024": (20, 1024, 1024, True),
-    "20x26MP": (20, 6248, 4176, True),
-    "40x4MP": (40, 2048, 2048, False),
-    "160x4MP": (160, 2048, 2048, False),
-    "1000x256": (1000, 256, 256, True),
+NIGHTS = {  # name: (frames, width, height, compare with Siril, stars per megapixel)
+    "20x1024": (20, 1024, 1024, True, 480.0),
+    "20x26MP": (20, 6248, 4176, True, 480.0),
+    "40x4MP": (40, 2048, 2048, False, 480.0),
+    "160x4MP": (160, 2048, 2048, False, 480.0),
+    # a smart telescope's small frames see a dense field: at 480 stars/MP a 256² frame holds
+    # ~30 stars, of which Siril 1.0.6's star finder keeps 3 and cannot register
+    "1000x256": (1000, 256, 256, True, 2000.0),
 }
+RESULTS = WORK / "speed_results.json"  # per night, so a failure later keeps what was measured
 SIRIL_NEW = ROOT.parent / "shared" / "tools" / "siril_stack_new.sh"
 STACK = "NGC_7000/integration/Integration_L.fits"
 
 
 def night_path(name: str) -> Path:
-    frames, w, h, _ = NIGHTS[name]
-    night = WORK / f"night_{frames}x{w}x{h}"
+    frames, w, h, _, density = NIGHTS[name]
+    night = WORK / (f"night_{frames}x{w}x{h}" + ("" if density == 480.0 else f"_{density:g}stars"))
     if not (night / "truth/truth.json").exists():
-        make_night(night, NightSpec(filters=("L",), frames=frames, width=w, height=h, seed=0))
+        spec = NightSpec(filters=("L",), frames=frames, width=w, height=h, seed=0, stars_per_mpix=density)
+        make_night(night, spec)
     return night
 
 
@@ -66,8 +71,12 @@ def run_siril_new(night: Path, work: Path) -> tuple[float, float]:
     shutil.rmtree(work, ignore_errors=True)
     data = work / "data"
     data.mkdir(parents=True)
+    night = night.resolve()
     for kind, src in (("biases", "bias"), ("darks", "darks"), ("flats", "flats"), ("lights", "lights")):
         os.symlink(night / src, data / kind)
+    # Siril 1.4 runs in a chroot that sees only the folders it is told about
+    binds = [p for p in os.environ.get("SIRIL_NEW_BINDS", "").split(":") if p]
+    os.environ["SIRIL_NEW_BINDS"] = ":".join(dict.fromkeys([*binds, str(night), str(WORK.resolve())]))
     return timed(["bash", str(SIRIL_NEW), str(data), "L", str(work / "run")], work)
 
 
@@ -88,60 +97,78 @@ def dry_run(night: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
+def measure_night(name: str, repeats: int, have_old: bool, have_new: bool) -> dict:
+    """Time astroflow and the Siril versions on one night; returns its table row, stages, notes."""
+    frames, *_, siril, _ = NIGHTS[name]
+    night = night_path(name)
+    out = WORK / f"speed_{name}"
+    tools = {"astroflow": (run_astroflow, out)}
+    if siril and have_old:
+        tools["Siril 1.0.6"] = (run_siril, WORK / "siril_speed")
+    if siril and have_new:
+        tools["Siril 1.4"] = (run_siril_new, WORK / "siril14_speed")
+    times, peaks, failed = defaultdict(list), defaultdict(float), {}
+    for _ in range(repeats if siril else 1):
+        for tool, (fn, dest) in tools.items():
+            if tool in failed:
+                continue
+            try:
+                wall, peak = fn(night, dest)
+            except RuntimeError as exc:  # a tool that cannot do this night is reported, not fatal
+                failed[tool] = str(exc).strip().splitlines()[-1][:200]
+                continue
+            times[tool].append(wall)
+            peaks[tool] = max(peaks[tool], peak)
+    jobs = job_table(out)
+    job_peaks = sorted((m for js in jobs.values() for _, m in js), reverse=True)
+    med = {t: statistics.median(v) for t, v in times.items()}
+    row = {
+        "night": name,
+        "frames": frames,
+        "astroflow s": med["astroflow"],
+        "astroflow GB": peaks["astroflow"],
+        "all jobs GB": sum(job_peaks[:2]) / 1024,
+        "dry run s": dry_run(night, out),
+        "jobs": sum(len(js) for js in jobs.values()),
+    }
+    for tool in ("Siril 1.0.6", "Siril 1.4"):
+        if tool in med:
+            row[f"{tool} s"], row[f"{tool} GB"] = med[tool], peaks[tool]
+            row[f"ratio {tool}"] = med["astroflow"] / med[tool]
+    row["raw"] = "; ".join(f"{t}: {', '.join(f'{v:.1f}' for v in vs)}" for t, vs in times.items())
+    notes = [f"{name}: {tool} failed: {why}" for tool, why in failed.items()]
+    stages = [
+        (name, rule, len(js), sum(s for s, _ in js), max(m for _, m in js) / 1024, frames)
+        for rule, js in sorted(jobs.items())
+    ]
+    if name == "20x26MP":
+        one = WORK / "speed_26_cores1"
+        wall1, _ = run_astroflow(night, one, cores=1)
+        same = np.array_equal(read_image(one / STACK)[0], read_image(out / STACK)[0])
+        notes.append(
+            f"26 MP, `--cores 1`: {wall1:.1f} s vs `--cores 2` {med['astroflow']:.1f} s: "
+            f"speed-up {wall1 / med['astroflow']:.2f}x; integration pixel-identical: {same}"
+        )
+    return {"row": row, "stages": stages, "notes": notes}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nights", default=",".join(NIGHTS))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--reuse", action="store_true", help="keep nights already in speed_results.json")
     args = ap.parse_args()
     have_new = shutil.which("siril-cli-new") is not None and SIRIL_NEW.exists()
     have_old = shutil.which("siril-cli") is not None
-    rows, stage_rows, notes = [], [], []
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for name in args.nights.split(","):
-        frames, *_, siril = NIGHTS[name]
-        night = night_path(name)
-        out = WORK / f"speed_{name}"
-        tools = {"astroflow": (run_astroflow, out)}
-        if siril and have_old:
-            tools["Siril 1.0.6"] = (run_siril, WORK / "siril_speed")
-        if siril and have_new:
-            tools["Siril 1.4"] = (run_siril_new, WORK / "siril14_speed")
-        times, peaks = defaultdict(list), defaultdict(float)
-        repeats = args.repeats if siril else 1
-        for _ in range(repeats):
-            for tool, (fn, dest) in tools.items():
-                wall, peak = fn(night, dest)
-                times[tool].append(wall)
-                peaks[tool] = max(peaks[tool], peak)
-        jobs = job_table(out)
-        job_peaks = sorted((m for js in jobs.values() for _, m in js), reverse=True)
-        med = {t: statistics.median(v) for t, v in times.items()}
-        row = {
-            "night": name,
-            "frames": frames,
-            "astroflow s": med["astroflow"],
-            "astroflow GB": peaks["astroflow"],
-            "all jobs GB": sum(job_peaks[:2]) / 1024,
-            "dry run s": dry_run(night, out),
-            "jobs": sum(len(js) for js in jobs.values()),
-        }
-        for tool in ("Siril 1.0.6", "Siril 1.4"):
-            if tool in med:
-                row[f"{tool} s"], row[f"{tool} GB"] = med[tool], peaks[tool]
-                row[f"ratio {tool}"] = med["astroflow"] / med[tool]
-        row["raw"] = "; ".join(f"{t}: {', '.join(f'{v:.1f}' for v in vs)}" for t, vs in times.items())
-        rows.append(row)
-        for rule, js in sorted(jobs.items()):
-            stage_rows.append(
-                (name, rule, len(js), sum(s for s, _ in js), max(m for _, m in js) / 1024, frames)
-            )
-        if name == "20x26MP":
-            one = WORK / "speed_26_cores1"
-            wall1, _ = run_astroflow(night, one, cores=1)
-            same = np.array_equal(read_image(one / STACK)[0], read_image(out / STACK)[0])
-            notes.append(
-                f"26 MP, `--cores 1`: {wall1:.1f} s vs `--cores 2` {med['astroflow']:.1f} s: "
-                f"speed-up {wall1 / med['astroflow']:.2f}x; integration pixel-identical: {same}"
-            )
+        if args.reuse and name in results:
+            continue
+        results[name] = measure_night(name, args.repeats, have_old, have_new)
+        RESULTS.write_text(json.dumps(results, indent=1))
+    rows = [results[n]["row"] for n in args.nights.split(",")]
+    stage_rows = [tuple(r) for n in args.nights.split(",") for r in results[n]["stages"]]
+    notes = [note for n in args.nights.split(",") for note in results[n]["notes"]]
     write_report(args, rows, stage_rows, notes, have_new, have_old)
     return 0
 

@@ -122,7 +122,15 @@ def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
                 name = f"{filt}_{k:03d}"
                 table.loc[part, "chunk"] = name
                 chunks[name] = [_light_row(table.loc[i]) for i in part]
-        plan[target] = {"masters": masters["masters"], "chunks": chunks, "filters": filters}
+        first = tlights.iloc[0]
+        plan[target] = {
+            "masters": masters["masters"],
+            "chunks": chunks,
+            "filters": filters,
+            # (ny, nx) of the lights and whether they are one-shot colour: sets jobs' memory
+            "shape": [int(first["height"]), int(first["width"])],
+            "osc": bool(tlights["bayer"].fillna("").astype(str).ne("").any()),
+        }
         for idx, names in masters["per_light"].items():
             for kind, name in names.items():
                 table.loc[idx, kind] = name

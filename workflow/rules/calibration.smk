@@ -12,6 +12,8 @@ rule master:
         out("{target}", "benchmarks", "master_{name}.tsv")
     conda:
         "../../envs/astroflow.yaml"
+    resources:
+        mem_mb=lambda wc: job_mem_mb(wc.target, 3, config["integration"]["memory_mb"]),
     params:
         spec=lambda wc: PLAN[wc.target]["masters"][wc.name],
         deps=lambda wc: master_deps(wc.target, wc.name),

@@ -23,7 +23,7 @@ rule integrate:
         "../../envs/astroflow.yaml"
     threads: workflow.cores
     resources:
-        mem_mb=lambda wc: int(config["integration"]["memory_mb"]) + 512,
+        mem_mb=lambda wc: job_mem_mb(wc.target, 0, config["integration"]["memory_mb"]),
     params:
         cfg=section("integration"),
         history=HISTORY,

@@ -14,6 +14,8 @@ rule calibrate:
         out("{target}", "benchmarks", "calibrate_{chunk}.tsv")
     conda:
         "../../envs/astroflow.yaml"
+    resources:
+        mem_mb=lambda wc: job_mem_mb(wc.target, 7),
     params:
         rows=chunk_rows,
         masters_dir=lambda wc: out(wc.target, "masters"),
@@ -55,6 +57,8 @@ rule register:
         out("{target}", "benchmarks", "register_{chunk}.tsv")
     conda:
         "../../envs/astroflow.yaml"
+    resources:
+        mem_mb=lambda wc: job_mem_mb(wc.target, 6),
     params:
         cfg=section("registration"),
         code=CODE,
