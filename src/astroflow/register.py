@@ -90,10 +90,13 @@ def refine(ref_xy, src_xy, matrix, model="similarity", radii=(6.0, 3.0, 1.5, 1.0
 
 
 def _vote_shift(
-    ref_xy: np.ndarray, src_xy: np.ndarray, radius: float = 4.0, n: int = 40
+    ref_xy: np.ndarray, src_xy: np.ndarray, radius: float = 4.0, n: int = 40, cells: int = 8
 ) -> np.ndarray | None:
-    """First guess for few-star frames: each (reference, source) star pair proposes a shift;
-    the shift (at 0° or 180°, for meridian flips) that brings most stars together wins."""
+    """First guess for frames shifted (or flipped 180°, after a meridian flip) from the
+    reference: each (reference, source) star pair proposes a shift; the true shift collects one
+    proposal per shared star, chance pairs scatter. Proposals are binned in ``radius`` cells; the
+    mean shifts of the ``cells`` fullest cells (a shift on a cell border splits its votes) are
+    checked against all stars and the one that brings most together wins."""
     ref, src = ref_xy[:n], src_xy[:n]
     if len(ref) < 2 or len(src) < 2:
         return None
@@ -102,13 +105,18 @@ def _vote_shift(
     for flip in (1.0, -1.0):
         rot = ref * flip
         shifts = (src[None, :, :] - rot[:, None, :]).reshape(-1, 2)
-        pred = rot[None, :, :] + shifts[:, None, :]
-        dist, _ = tree.query(pred.reshape(-1, 2), distance_upper_bound=radius)
-        counts = np.isfinite(dist).reshape(len(shifts), len(rot)).sum(axis=1)
+        cell = np.floor(shifts / radius).astype(np.int64)
+        _, which, votes = np.unique(
+            cell[:, 0] * 1_000_003 + cell[:, 1], return_inverse=True, return_counts=True
+        )
+        top = np.argsort(-votes, kind="stable")[:cells]
+        cand = np.array([shifts[which.ravel() == t].mean(axis=0) for t in top])
+        dist, _ = tree.query((rot[None, :, :] + cand[:, None, :]).reshape(-1, 2), distance_upper_bound=radius)
+        counts = np.isfinite(dist).reshape(len(cand), len(rot)).sum(axis=1)
         k = int(np.argmax(counts))
         if counts[k] > best_count:
             best_count = int(counts[k])
-            best = np.array([[flip, 0.0, shifts[k, 0]], [0.0, flip, shifts[k, 1]]])
+            best = np.array([[flip, 0.0, cand[k, 0]], [0.0, flip, cand[k, 1]]])
     return best
 
 
