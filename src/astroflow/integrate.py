@@ -1,7 +1,8 @@
 """Pixel rejection and weighted averaging of registered frames (ImageIntegration / Siril `stack`).
 
-Frames are combined band by band (rows ``y0:y1`` of every frame), read from memory maps, so peak
-memory is set by ``memory_mb`` and not by the number of frames. Within a band every pixel is a
+Frames are combined band by band (rows ``y0:y1`` of every frame, read by
+:class:`astroflow.io.FitsRows`), so peak memory is set by ``memory_mb`` and not by the number of
+frames. Within a band every pixel is a
 column of the ``(N, P)`` stack; ``NaN`` marks "no data" (outside a frame's footprint, bad pixel)
 and is never counted.
 
