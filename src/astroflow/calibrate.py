@@ -21,12 +21,12 @@ from .io import FrameError, open_rows, read_header
 class _Calibrated:
     """A frame's rows minus those of master(s) (bias, flat-dark), sliced like the frame."""
 
-    def __init__(self, rows, subtract: list[np.ndarray]):
+    def __init__(self, rows, subtract: list[np.ndarray]):  # subtract: one master at least
         self.rows, self.subtract, self.shape = rows, subtract, rows.shape
 
     def __getitem__(self, key):
-        data = np.array(self.rows[key], np.float32)
-        for m in self.subtract:
+        data = self.rows[key] - self.subtract[0][key]  # a new array: the frame's rows stay as read
+        for m in self.subtract[1:]:
             data -= m[key]
         return data
 

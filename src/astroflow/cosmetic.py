@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from .measure import finite_or_median
+from .measure import finite_or_median, finite_sample
 
 HOT, COLD = 1, 2
 
@@ -36,9 +36,9 @@ def _planes(cfa: bool):
 
 
 def _robust_sigma(values: np.ndarray) -> float:
-    """1.4826 MAD of the finite values (of ~1 M of them: enough for a threshold)."""
-    v = np.ravel(values)[:: max(1, np.size(values) // 1_000_000)]
-    v = v[np.isfinite(v)]
+    """1.4826 MAD of the finite values (of :func:`~astroflow.measure.finite_sample`: enough for
+    a threshold)."""
+    v = finite_sample(values)
     if v.size == 0:
         return 0.0
     return float(1.4826 * np.median(np.abs(v - np.median(v))))

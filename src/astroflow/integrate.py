@@ -356,7 +356,15 @@ def _normalise_inplace(x, gain, offset):
 
 @numba.njit(cache=True, parallel=True)
 def _grow_high(x, state, radius, k):
-    """Clip-high growth on a ``(N, rows, nx)`` band in place (see :func:`grow_high`)."""
+    """Extend high rejections to their faint surroundings (PixInsight's "clip high growth"), in
+    place on the ``state`` of a ``(N, rows, nx)`` band.
+
+    A satellite trail or cosmic-ray hit has wings below any per-pixel threshold: each kept
+    wing pixel adds a fraction of its excess to the stack, a faint line or dot along the
+    rejected core. Pixels of the same frame within ``radius`` px of a high rejection are
+    rejected too when they exceed their column's median by ``k`` × 1.4826 MAD (high
+    rejections left out of both).
+    """
     n, ny, nx = x.shape
     near = np.zeros((n, ny, nx), np.bool_)
     for i in numba.prange(n):
@@ -500,7 +508,7 @@ def integrate_bands(
 
     ``grow`` > 0 extends every high rejection to the pixels within ``grow`` px of it in the same
     frame that lie more than ``grow_sigma`` robust deviations above their column's median
-    (see :func:`grow_high`). Bands are read with ``grow`` extra rows on each side for it.
+    (see :func:`_grow_high`). Bands are read with ``grow`` extra rows on each side for it.
     """
     shape = sources[0].shape
     mono = len(shape) == 2
@@ -576,18 +584,3 @@ def compile_kernels() -> None:
     norms = [FrameNorm(np.array([0.0]), np.array([1.0]), 1.0) for _ in range(5)]
     for combine in ("average", "median"):
         integrate([x.reshape(5, 8, 8)[i] for i in range(5)], norms, "sigma", 3, 3, combine=combine, grow=1)
-
-
-def grow_high(band: np.ndarray, hi: np.ndarray, radius: int, k: float) -> np.ndarray:
-    """Extend high rejections to their faint surroundings (PixInsight's "clip high growth").
-
-    A satellite trail or cosmic-ray hit has wings below any per-pixel threshold: each kept
-    wing pixel adds a fraction of its excess to the stack, a faint line or dot along the
-    rejected core. Pixels of the same frame within ``radius`` px of a high rejection are
-    rejected too when they exceed their column's median by ``k`` × 1.4826 MAD (high
-    rejections left out of both). ``band`` is ``(N, rows, nx)``, ``hi`` the matching boolean
-    map; returns the grown map.
-    """
-    state = np.where(hi, 2, 0).astype(np.uint8)
-    _grow_high(np.ascontiguousarray(band, np.float32), state, radius, k)
-    return state == 2

@@ -73,12 +73,17 @@ def _parse_card_value(text):
         return s[1:-1].strip()
     if s in ("T", "F"):
         return s == "T"
+    return parse_number(s)
+
+
+def parse_number(text: str):
+    """``text`` as an int, else a float, else unchanged (header and table cells)."""
     for cast in (int, float):
         try:
-            return cast(s)
+            return cast(text)
         except ValueError:
             pass
-    return s
+    return text
 
 
 def read_header(path: str | os.PathLike) -> fits.Header:
@@ -122,9 +127,13 @@ def _check_size(path: Path, header: fits.Header) -> None:
     npix = 1
     for i in range(1, int(header.get("NAXIS", 0)) + 1):
         npix *= int(header.get(f"NAXIS{i}", 0))
-    expected = npix * bitpix // 8
-    if expected and path.stat().st_size < expected:
-        raise FrameError(f"file is truncated ({path.stat().st_size} bytes, image needs at least {expected})")
+    _require_size(path, npix * bitpix // 8)
+
+
+def _require_size(path: Path, expected: int) -> None:
+    size = path.stat().st_size
+    if expected and size < expected:
+        raise FrameError(f"file is truncated ({size} bytes, image needs at least {expected})")
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]:
@@ -414,10 +423,7 @@ class FitsRows:
             self._dtype = np.dtype({8: "u1", 16: ">i2", 32: ">i4", -32: ">f4", -64: ">f8"}[self.bitpix])
         except (KeyError, ValueError) as exc:
             raise FrameError(f"{self.path}: unreadable primary header ({exc})") from None
-        expected = self.offset + int(np.prod(self.shape)) * self._dtype.itemsize
-        size = self.path.stat().st_size
-        if size < expected:
-            raise FrameError(f"file is truncated ({size} bytes, image needs at least {expected})")
+        _require_size(self.path, self.offset + int(np.prod(self.shape)) * self._dtype.itemsize)
 
     def __getitem__(self, key):
         c, rows = (0, key) if len(self.shape) == 2 else key

@@ -333,10 +333,10 @@ def register_chunk(calibrated_dir, calibrated_dirs: list[str], out_dir, cfg: dic
     stars = np.load(calibrated_dir / "stars.npz")
     rows = []
     for row in table:
-        rec = {"reg_status": "excluded", "reg_reason": "", "registered": ""}
-        rows.append({**row, **rec})
+        rec = {**row, "reg_status": "excluded", "reg_reason": "", "registered": ""}
+        rows.append(rec)
         if row["status"] != "ok":
-            rows[-1]["reg_reason"] = "not calibrated"
+            rec["reg_reason"] = "not calibrated"
             continue
         src_path = calibrated_dir / row["file"]
         try:
@@ -368,7 +368,7 @@ def register_chunk(calibrated_dir, calibrated_dirs: list[str], out_dir, cfg: dic
             copy_wcs(ref_header, header)
             write_fits(out_dir / name, out, header)
             a = reg.matrix
-            rows[-1].update(
+            rec.update(
                 reg_status="ok",
                 registered=name,
                 matches=reg.matches,
@@ -381,8 +381,8 @@ def register_chunk(calibrated_dir, calibrated_dirs: list[str], out_dir, cfg: dic
                 reference=str(src_path) == ref["file"],
             )
         except (register.RegistrationError, FrameError) as exc:
-            rows[-1]["reg_reason"] = f"{row['path']}: cannot register: {exc}"
-            log.error("excluded %s", rows[-1]["reg_reason"])
+            rec["reg_reason"] = f"{row['path']}: cannot register: {exc}"
+            log.error("excluded %s", rec["reg_reason"])
     write_tsv(rows, out_dir / "registration.tsv")
 
 
@@ -537,7 +537,6 @@ def run_record(cfg: dict, plan: dict, code: str, config_out, versions_out) -> No
         "astroalign",
         "sep",
         "opencv-python-headless",
-        "bottleneck",
         "xisf",
         "tifffile",
         "pandas",

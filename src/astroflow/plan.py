@@ -110,7 +110,8 @@ def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
                 f"{main.replace('x', ' ', 2)} frames",
             ]
         tlights = tlights.drop(index=odd)
-        masters = _plan_masters(table, tlights, cal)
+        osc = bool(tlights["bayer"].fillna("").astype(str).ne("").any())
+        masters = _plan_masters(table, tlights, cal, osc)
         chunks: dict[str, list[dict]] = {}
         filters = sorted(tlights["filter"].unique(), key=lambda f: ("LRGBHSO RGB".find(f), f))
         for filt in filters:
@@ -129,7 +130,7 @@ def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
             "filters": filters,
             # (ny, nx) of the lights and whether they are one-shot colour: sets jobs' memory
             "shape": [int(first["height"]), int(first["width"])],
-            "osc": bool(tlights["bayer"].fillna("").astype(str).ne("").any()),
+            "osc": osc,
         }
         for idx, names in masters["per_light"].items():
             for kind, name in names.items():
@@ -169,10 +170,10 @@ def _light_row(r: pd.Series) -> dict:
     }
 
 
-def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict) -> dict:
+def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict, cfa: bool) -> dict:
+    """Masters of a target and which calibrate each light; ``cfa``: one-shot-colour lights, whose
+    masters' defect maps are found per Bayer colour."""
     ok = table["accepted"]
-    # one-shot-colour lights: their masters' defect maps are found per Bayer colour
-    cfa = bool(tlights["bayer"].fillna("").astype(str).ne("").any())
     masters: dict[str, dict] = {}
     per_light: dict[int, dict] = {i: {} for i in tlights.index}
     notes: dict[int, list[str]] = {i: [] for i in tlights.index}

@@ -13,7 +13,7 @@ import csv
 import math
 from pathlib import Path
 
-from .io import atomic_path
+from .io import atomic_path, parse_number
 
 
 def _cell(value) -> str:
@@ -27,12 +27,7 @@ def _parse(text: str):
         return None
     if text in ("True", "False"):
         return text == "True"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+    return parse_number(text)
 
 
 def write_tsv(rows: list[dict], path: str | Path) -> None:

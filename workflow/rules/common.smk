@@ -89,7 +89,12 @@ def master_deps(target, name):
     """Specs of the masters a master is calibrated with (bias, flat-dark): its job integrates
     them itself from their frames, so master jobs never wait for one another."""
     masters = PLAN[target]["masters"]
-    return {n: masters[n] for n in masters[name]["calibrate_with"].values() if n}
+    deps = {}
+    for n in masters[name]["calibrate_with"].values():
+        if n:
+            deps[n] = masters[n]
+            deps.update(master_deps(target, n))
+    return deps
 
 
 def master_inputs(wildcards):
