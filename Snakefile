@@ -6,7 +6,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# found from the Snakefile, so `snakemake -s /path/to/Snakefile` works from any directory
+configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -27,8 +28,8 @@ rule all:
 # job ends; the process waits for them, adding a second to every run. Nothing is left to
 # schedule then, so they are cancelled.
 onsuccess:
-    cancel_pending_timers()
+    finish_run()
 
 
 onerror:
-    cancel_pending_timers()
+    finish_run()

@@ -1,11 +1,11 @@
 """Snakemake adapter: one final image (AutoLRGB, AutoRGB, AutoMono or Auto_<palette>)."""
 
-from astroflow.finish import make_product
-from astroflow.pipeline import setup_logging
+from astroflow.finish import final_image
+from astroflow.stages.job import setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0], sm.threads)
-make_product(
+final_image(
     sm.wildcards.product,
     sm.params.spec,
     {k: v for k, v in sm.input.items() if k != "catalogue"},

@@ -2,9 +2,10 @@
 
 import pandas as pd
 
-from astroflow.pipeline import frame_table, setup_logging
+from astroflow.stages.frames_table import frames_table
+from astroflow.stages.job import setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0], sm.threads)
-classified = pd.DataFrame(sm.params.table).set_index("index")
-frame_table(classified, list(sm.input.registered), sm.input.reference, sm.output[0])
+classified = pd.DataFrame(sm.params.table)
+frames_table(classified, list(sm.input.registered), sm.input.reference, sm.params.data, sm.output[0])

@@ -7,7 +7,11 @@ from astropy.io import fits
 from astroflow.classify import filter_name, frame_type, sanitise, scan
 from astroflow.plan import PlanError, build_plan
 
-CFG = {"calibration": {"dark_temperature_tolerance": 5.0, "dark_scaling": False}, "batch_size": 4}
+CFG = {
+    "calibration": {"dark_temperature_tolerance": 5.0, "dark_scaling": False},
+    "registration": {"reference_filter": "auto"},
+    "batch_size": 4,
+}
 
 
 @pytest.mark.parametrize(
@@ -90,7 +94,7 @@ def test_scan_plan_and_overrides(tmp_path):
     assert row.loc["m42_Ha_0.fits", "type"] == "light" and row.loc["m42_Ha_0.fits", "filter"] == "H"
     assert not row.loc["broken.fits", "accepted"]
     assert "broken.fits" in row.loc["broken.fits", "reason"]
-    plan, table = build_plan(table, CFG)
+    plan, table = build_plan(table, CFG, tmp_path)
     row = table.set_index(table["path"].map(lambda p: Path(p).name))
     assert list(plan) == ["M_42"]
     assert plan["M_42"]["filters"] == ["L", "H"]
@@ -107,7 +111,7 @@ def test_dark_temperature_tolerance(tmp_path):
         tmp_path / "lights/a.fits", {"IMAGETYP": "LIGHT", "EXPTIME": 60.0, "CCD-TEMP": -10.0, "OBJECT": "x"}
     )
     _write(tmp_path / "darks/d.fits", {"IMAGETYP": "DARK", "EXPTIME": 60.0, "CCD-TEMP": 5.0})
-    plan, table = build_plan(scan(tmp_path), CFG)
+    plan, table = build_plan(scan(tmp_path), CFG, tmp_path)
     light = table[table["type"] == "light"].iloc[0]
     assert light["dark"] == "" and "no dark within 5" in light["notes"]
 
@@ -115,4 +119,4 @@ def test_dark_temperature_tolerance(tmp_path):
 def test_no_lights_is_a_clear_error(tmp_path):
     _write(tmp_path / "darks/d.fits", {"IMAGETYP": "DARK", "EXPTIME": 60.0})
     with pytest.raises(PlanError, match="no usable light frames"):
-        build_plan(scan(tmp_path), CFG)
+        build_plan(scan(tmp_path), CFG, tmp_path)

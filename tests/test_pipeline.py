@@ -45,7 +45,7 @@ def _frames(out, target="NGC_7000"):
 def test_mono_night_every_file_classified_and_registered(mono_night, mono_run):
     out, _ = mono_run
     frames = _frames(out)
-    kinds = frames["path"].map(lambda p: Path(p).relative_to(mono_night).parts[0])
+    kinds = frames["path"].map(lambda p: Path(p).parts[0])  # paths relative to the data folder
     expected = {"lights": "light", "darks": "dark", "flats": "flat", "bias": "bias"}
     assert (frames["type"] == kinds.map(expected)).all()
     lights = frames[frames["type"] == "light"]
@@ -91,7 +91,7 @@ def test_mono_night_products_and_headers(mono_night, mono_run):
     assert (bpm[hot] == 1).mean() > 0.9
     for name in ("AutoMasterBias", "AutoMasterDark_120s", "AutoMasterFlat_L"):
         assert (out / f"NGC_7000/masters/{name}.fits").exists()
-    assert (out / "NGC_7000/run/config.yaml").read_text().count("astroflow") >= 1
+    assert "integration:" in (out / "NGC_7000/provenance/config.yaml").read_text()
     # the finished mono image: sky at the target background, under 0.1 % of it clipped
     from astroflow.stars import star_mask
 

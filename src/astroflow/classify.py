@@ -175,11 +175,30 @@ COLUMNS = [
 ]
 
 
+RESULTS_MARKERS = (".astroflow", ".snakemake")  # a folder holding one is a run's results
+
+
+def image_files(data_dir: Path, exclude=()) -> list[Path]:
+    """Image files under ``data_dir``, recursively, including dangling links (they are reported,
+    not skipped): never inside ``exclude`` or a folder holding a results marker, whose files are
+    a run's outputs and would otherwise come back as lights and masters."""
+    skip = {Path(p).resolve() for p in exclude}
+    found = []
+    for root, dirs, names in os.walk(data_dir, followlinks=True):
+        if Path(root).resolve() in skip or any(m in dirs or m in names for m in RESULTS_MARKERS):
+            dirs[:] = []
+            continue
+        dirs.sort()
+        found += [Path(root, n) for n in names if is_image_file(n)]
+    return found
+
+
 def scan(
     data_dir: str | os.PathLike,
     overrides: list[dict] | None = None,
     osc: str = "auto",
     pattern: str = "auto",
+    exclude: tuple[str | os.PathLike, ...] = (),
 ) -> pd.DataFrame:
     """One row per image file under ``data_dir`` (recursive, sorted), classified from headers.
 
@@ -187,10 +206,12 @@ def scan(
     path relative to ``data_dir``; later entries win. ``osc`` is ``auto`` (Bayer keyword decides),
     ``true`` or ``false``; ``pattern`` (``auto`` or RGGB/BGGR/GRBG/GBRG) overrides the header's
     Bayer pattern. Unreadable files get ``accepted=False`` and a reason naming the problem.
+    Folders in ``exclude`` (the results folder) and results folders of any run are not scanned
+    (:func:`image_files`).
     """
     data_dir = Path(data_dir).resolve()
     rows = []
-    files = sorted(p for p in data_dir.rglob("*") if p.is_file() and is_image_file(p))
+    files = sorted(image_files(data_dir, exclude))
     for path in files:
         rel = path.relative_to(data_dir).as_posix()
         row = dict.fromkeys(COLUMNS)

@@ -26,6 +26,7 @@ import numpy as np
 from .measure import finite_or_median, finite_sample
 
 HOT, COLD = 1, 2
+DEFECTS = "DEFECTS"  # FITS extension of a master dark or flat holding its defect map (these codes)
 
 
 def _planes(cfa: bool):

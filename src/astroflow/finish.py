@@ -1,23 +1,17 @@
-"""From per-filter integrations to finished images (AutoIntegrate's post-integration workflows).
+"""The final image (AutoIntegrate's post-integration workflows), stage ``final_image``.
 
-Steps, each a file so Snakemake can reuse or resume from it:
+One final image — ``AutoLRGB``, ``AutoRGB``, ``AutoMono`` or ``Auto_<palette>`` — from the
+channel files (cropped by :mod:`astroflow.stages.crop`, gradient-corrected by
+:mod:`astroflow.stages.gradient`, or a user's edit): linear fit, combination, background
+neutralization and colour calibration, linear noise reduction, stretch, saturation, LRGB
+lightness replacement, SCNR, sharpening, optional star removal/reduction; written as 32-bit FITS
+(stretched, and ``_linear`` where meaningful), XISF, 16-bit TIFF, PNG and JPEG.
 
-1. ``crop_area`` / ``crop_channel``: one common-area rectangle for all integrations of a target
-   (``processed/crop.json``), applied to each → ``processed/Integration_<F>_map.fits``.
-2. ``gradient_channel``: background model and correction per channel →
-   ``processed/Integration_<F>_GC.fits`` and ``processed/AutoBackgroundModel_<F>.fits``.
-3. ``make_product``: one final image — ``AutoLRGB``, ``AutoRGB``, ``AutoMono`` or
-   ``Auto_<palette>`` — from the channel files: linear fit, combination, background
-   neutralization and colour calibration, linear noise reduction, stretch, saturation, LRGB
-   lightness replacement, SCNR, sharpening, optional star removal/reduction; written as 32-bit
-   FITS (stretched, and ``_linear`` where meaningful), XISF, 16-bit TIFF, PNG and JPEG.
-
-Linear channel images are ADU (65535 = full scale) until ``make_product`` maps them to [0, 1].
+Linear channel images are ADU (65535 = full scale) until ``final_image`` maps them to [0, 1].
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -25,76 +19,17 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from . import background, colour, combine, crop, enhance, palettes, platesolve, stars, stretch
+from . import colour, combine, enhance, palettes, platesolve, stars, stretch
 from .io import ADU_FULL_SCALE, add_history, atomic_path, copy_wcs, read_image, write_fits, write_xisf
 from .products import RGB_FILTERS
 
 log = logging.getLogger("astroflow")
 
 # ---------------------------------------------------------------------------------------------
-# Channel steps
-
-
-def crop_area(coverages: list[str], info_out, cfg: dict) -> tuple[int, int, int, int]:
-    """One common-area rectangle for all integrations of a target (the whole image when disabled)."""
-    covs = [read_image(p)[0] for p in coverages]
-    shapes = {c.shape for c in covs}
-    if len(shapes) > 1:
-        raise ValueError(f"integrations of one target differ in size ({', '.join(coverages)})")
-    ny, nx = covs[0].shape
-    rect = (
-        crop.common_area(covs, cfg["crop"]["tolerance_frames"]) if cfg["crop"]["enabled"] else (0, ny, 0, nx)
-    )
-    with atomic_path(info_out) as tmp:
-        Path(tmp).write_text(
-            json.dumps({"enabled": cfg["crop"]["enabled"], "y0_y1_x0_x1": list(rect), "from": [ny, nx]})
-        )
-    log.info("common area y %d:%d x %d:%d of %d×%d", *rect, nx, ny)
-    return rect
-
-
-def crop_channel(image_path, info_path, image_out):
-    """Apply the target's rectangle to one integration (WCS reference pixel shifted with it)."""
-    info = json.loads(Path(info_path).read_text())
-    rect = tuple(info["y0_y1_x0_x1"])
-    img, header, _ = read_image(image_path)
-    if list(img.shape[-2:]) != info["from"]:
-        raise ValueError(
-            f"{image_path}: size {img.shape[-1]}×{img.shape[-2]} differs from the target's other integrations"
-        )
-    h = header.copy()
-    h["AUTOCROP"] = (bool(info["enabled"]), "cropped to the common area")
-    h["CROPRECT"] = (",".join(map(str, rect)), "y0,y1,x0,x1 in the integration (0-based, end excl.)")
-    _shift_wcs(h, rect[0], rect[2])
-    write_fits(image_out, crop.apply(img, rect), h)
-
-
-def _shift_wcs(header: fits.Header, dy: int, dx: int):
-    if "CRPIX1" in header:
-        header["CRPIX1"] = header["CRPIX1"] - dx
-        header["CRPIX2"] = header["CRPIX2"] - dy
-
-
-def gradient_channel(path_in, image_out, model_out, cfg: dict):
-    """Background model of one channel, saved, and the corrected channel."""
-    g = cfg["gradient"]
-    img, header, _ = read_image(path_in)
-    corrected, model, infos = background.correct(
-        img, g["model"], g["degree"], g["smoothing"], g["samples_per_row"], g["correction"]
-    )
-    h = header.copy()
-    h["GRADCORR"] = (f"{g['model']} {g['correction']}", "gradient correction")
-    used = ", ".join(f"{i['samples_used']}/{i['samples']}" for i in infos)
-    h["HISTORY"] = f"gradient: {g['model']} {g['correction']} ({used} samples used)"
-    write_fits(model_out, model, h)
-    write_fits(image_out, corrected, h)
-
-
-# ---------------------------------------------------------------------------------------------
 # The final image
 
 
-def make_product(name: str, spec: dict, channel_paths: dict[str, str], outputs: dict[str, str], cfg, history):
+def final_image(name: str, spec: dict, channel_paths: dict[str, str], outputs: dict[str, str], cfg, history):
     """Build one final image (module doc, step 3) and write every requested format."""
     chans, headers = {}, {}
     for k, p in channel_paths.items():

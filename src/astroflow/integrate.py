@@ -59,9 +59,12 @@ DEFAULT_PARAMS = {
 MIN_KEEP = 3  # iterative methods never reject a pixel's column below this many values
 
 
-def set_threads(threads: int) -> None:
-    """Threads of the compiled kernels (results do not depend on it)."""
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+def frame_weights(noise: np.ndarray, scale: np.ndarray, method: str) -> np.ndarray:
+    """Weight of each frame, the largest 1. ``noise`` and ``scale`` are (frames, channels) in
+    ADU. ``"noise"``: inverse variance on the normalised scale, w = 1 / mean_c (noise / scale)²
+    (the normalisation multiplies frame i by s_ref / s_i, up to a constant); ``"none"``: equal."""
+    w = 1.0 / np.mean((noise / scale) ** 2, axis=1) if method == "noise" else np.ones(len(noise))
+    return w / w.max()
 
 
 def auto_rejection(n_frames: int, mode: str = "auto2") -> str:

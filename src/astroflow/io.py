@@ -15,6 +15,7 @@ Conventions used throughout astroflow:
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -196,6 +197,13 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]
     return data, header, scale
 
 
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
@@ -205,6 +213,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's files are 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

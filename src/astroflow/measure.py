@@ -253,3 +253,17 @@ def generic_weight(stats: list[dict]) -> np.ndarray:
     ecc = scaled([s["eccentricity"] for s in stats], False)
     snr = scaled([s["snr"] for s in stats], True)
     return 20 * fwhm + 15 * ecc + 25 * snr + 40
+
+
+def best_reference(frames: list[dict]) -> tuple[int, float]:
+    """Index and weight of the best registration reference among measured frames (dicts with
+    ``stars``, ``fwhm``, ``eccentricity``, ``snr``, ``path``).
+
+    Among frames with at least 90 % of the best star count (a reference must show the stars the
+    others share), the best AutoIntegrate 'Generic' weight; equal weights go to the first path.
+    """
+    weights = generic_weight(frames)
+    most = max(f["stars"] for f in frames)
+    pool = [i for i, f in enumerate(frames) if f["stars"] >= 0.9 * most]
+    best = min(pool, key=lambda i: (-weights[i], frames[i]["path"]))
+    return best, float(weights[best])

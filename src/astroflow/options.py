@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).parent
 
 # Options that say where things are, not how they are processed.
 LOCATION_KEYS = ("data", "out")
@@ -34,10 +37,112 @@ def non_default(cfg: dict, defaults: dict) -> list[str]:
     ]
 
 
-def source_hash() -> str:
-    """Short hash of the library's source: put in rule ``params`` so code changes rerun jobs."""
+def _module_file(name: str) -> Path | None:
+    """Source file of an ``astroflow`` module (or package), None if there is none."""
+    parts = name.split(".")
+    if parts[0] != "astroflow":
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(name: str, tree: ast.Module, is_package: bool) -> set[str]:
+    """astroflow modules that module ``name`` imports anywhere (lazy imports included)."""
+    package = name if is_package else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from . import cosmetic`
+    return {m for m in found if _module_file(m)}
+
+
+def _normalised(tree: ast.Module) -> str:
+    """The code without comments, layout or docstrings: only what can change a result."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_modules(module: str) -> list[str]:
+    """``module`` and every astroflow module it imports, transitively, sorted."""
+    todo, seen = [module], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        todo += _imports(name, ast.parse(path.read_text()), path.name == "__init__.py")
+    return sorted(seen)
+
+
+def code_hash(module: str) -> str:
+    """Short hash of the code ``module`` runs (:func:`code_modules`), blind to comments, layout
+    and docstrings: a rule carries it in ``params:``, so only a real change to code a stage uses
+    reruns that stage's jobs."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
+    for name in code_modules(module):
+        h.update(name.encode())
+        h.update(_normalised(ast.parse(_module_file(name).read_text())).encode())
     return h.hexdigest()[:12]
+
+
+def _schema_types(schema: dict) -> set[str]:
+    types = schema.get("type", [])
+    types = {types} if isinstance(types, str) else set(types)
+    types |= {type(v).__name__ for v in schema.get("enum", [])}
+    return types
+
+
+def coerce(value, schema: dict):
+    """``value`` with the strings the command line produced retyped as ``schema`` wants.
+
+    ``snakemake --config 'registration={max_rms: 0.8}'`` parses nested values as YAML strings
+    (``"0.8"``); the schema's types say what they are. Anything not convertible is returned
+    as is, for validation to name.
+    """
+    import yaml
+
+    if isinstance(value, dict) and "properties" in schema:
+        props = schema["properties"]
+        return {k: coerce(v, props[k]) if k in props else v for k, v in value.items()}
+    if isinstance(value, list) and "items" in schema:
+        return [coerce(v, schema["items"]) for v in value]
+    types = _schema_types(schema)
+    if isinstance(value, str) and types & {"number", "integer", "boolean", "array", "int", "float", "bool"}:
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return coerce(parsed, schema) if not isinstance(parsed, str) else value
+    return value
+
+
+def pick(cfg: dict, options: tuple[str, ...]) -> dict:
+    """The nested sub-config of dotted ``options`` (a section name takes the whole section)."""
+    picked: dict = {}
+    for option in options:
+        *sections, key = option.split(".")
+        src, dst = cfg, picked
+        for s in sections:
+            src, dst = src[s], dst.setdefault(s, {})
+        dst[key] = src[key]
+    return picked

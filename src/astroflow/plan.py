@@ -15,9 +15,10 @@ Matching (reference/peers.md §1.1 step 2):
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 log = logging.getLogger("astroflow")
@@ -80,8 +81,8 @@ def _label(prefix: str, group: pd.DataFrame, parts: list[str], unique: bool) -> 
     return "_".join([prefix, *bits])
 
 
-def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
-    """Decide masters, matching and chunks. Returns ``(plan, table)``.
+def build_plan(table: pd.DataFrame, cfg: dict, data_dir) -> tuple[dict, pd.DataFrame]:
+    """Decide masters, matching and chunks for the scanned ``data_dir``. Returns ``(plan, table)``.
 
     ``table`` comes back with columns ``bias``, ``dark``, ``flat``, ``chunk`` filled for lights,
     and ``accepted``/``reason`` updated for lights excluded by the plan (e.g. odd size).
@@ -96,6 +97,8 @@ def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
     if lights.empty:
         raise PlanError("no usable light frames found (checked IMAGETYP and lights/ folders)")
 
+    data_dir = Path(data_dir).resolve()
+    rel = {i: Path(p).relative_to(data_dir).as_posix() for i, p in lights["path"].items()}
     plan: dict = {}
     for target, tlights in lights.groupby("target", sort=True):
         # All lights of a target are registered to one reference: one size and binning.
@@ -118,16 +121,18 @@ def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
             flights = tlights[tlights["filter"] == filt].sort_values("path")
             # chunks of equal size so parallel jobs end together
             megapixels = float(flights["width"].iloc[0]) * float(flights["height"].iloc[0]) / 1e6
-            parts = np.array_split(flights.index, chunk_count(len(flights), megapixels, cfg["batch_size"]))
-            for k, part in enumerate(parts):
-                name = f"{filt}_{k:03d}"
+            n_chunks = chunk_count(len(flights), megapixels, cfg["batch_size"])
+            names = [f"{filt}_{chunk_key(rel[i], n_chunks):03d}" for i in flights.index]
+            for name in sorted(set(names)):
+                part = flights.index[[n == name for n in names]]
                 table.loc[part, "chunk"] = name
-                chunks[name] = [_light_row(table.loc[i]) for i in part]
+                chunks[name] = [_light_row(table.loc[i], rel[i]) for i in part]
         first = tlights.iloc[0]
         plan[target] = {
             "masters": masters["masters"],
             "chunks": chunks,
             "filters": filters,
+            "reference_filter": reference_filter(filters, cfg["registration"]["reference_filter"]),
             # (ny, nx) of the lights and whether they are one-shot colour: sets jobs' memory
             "shape": [int(first["height"]), int(first["width"])],
             "osc": osc,
@@ -138,9 +143,10 @@ def build_plan(table: pd.DataFrame, cfg: dict) -> tuple[dict, pd.DataFrame]:
             notes = masters["notes"].get(idx)
             if notes:
                 table.loc[idx, "notes"] = "; ".join(notes)
+        by_path = table.set_index("path")
         for chunk in chunks.values():
             for row in chunk:
-                row.update({k: table.loc[row["index"], k] for k in ("bias", "dark", "flat")})
+                row.update({k: by_path.at[row["source"], k] for k in ("bias", "dark", "flat")})
     return plan, table
 
 
@@ -160,14 +166,46 @@ def chunk_count(n_frames: int, megapixels: float, batch_size) -> int:
     return min(n_frames, k + k % 2) if k > 1 else k
 
 
-def _light_row(r: pd.Series) -> dict:
+def chunk_key(path: str, n_chunks: int) -> int:
+    """Chunk of a light: a hash of its path relative to the data folder, so a light added to (or
+    removed from) a filter changes only its own chunk and never moves the others' frames."""
+    return int(hashlib.sha1(path.encode()).hexdigest(), 16) % n_chunks
+
+
+REFERENCE_ORDER = ("L", "RGB", "H", "G", "R", "B", "O", "S")
+
+
+def reference_filter(filters: list[str], choice: str) -> str:
+    """The filter whose best frame becomes the registration reference of all filters: ``choice``,
+    or with ``auto`` the first present of :data:`REFERENCE_ORDER` (the broadest band, which shows
+    the most stars). Decided from the plan, so registering one filter waits only for the
+    measurements of that filter, and lights added to another filter rerun nothing here."""
+    if choice != "auto":
+        if choice not in filters:
+            raise PlanError(
+                f"registration.reference_filter {choice} has no lights (filters: {', '.join(filters)})"
+            )
+        return choice
+    return next(f for f in (*REFERENCE_ORDER, *filters) if f in filters)
+
+
+def _light_row(r: pd.Series, rel: str) -> dict:
+    """A light as its calibrate job sees it: ``path`` relative to the data folder (its name in
+    every table), ``source`` the file, ``sha256`` its content (a replaced file reruns its chunk)."""
     return {
-        "index": int(r.name),
-        "path": r["path"],
+        "path": rel,
+        "source": r["path"],
+        "sha256": r.get("sha256", ""),
         "filter": r["filter"],
         "exptime": float(r["exptime"]),
         "bayer": r["bayer"] or "",
     }
+
+
+def _files(frames: pd.DataFrame) -> dict:
+    """A master's frames, sorted, with their content checksums (a replaced frame rebuilds it)."""
+    frames = frames.sort_values("path")
+    return {"files": list(frames["path"]), "sha256": list(frames.get("sha256", [""] * len(frames)))}
 
 
 def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict, cfa: bool) -> dict:
@@ -189,7 +227,7 @@ def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict, cfa: bo
     bias_name = None
     if len(bias_frames):
         bias_name = "AutoMasterBias"
-        masters[bias_name] = {"kind": "bias", "files": sorted(bias_frames["path"]), "calibrate_with": {}}
+        masters[bias_name] = {"kind": "bias", **_files(bias_frames), "calibrate_with": {}}
 
     # Darks: grouped by exposure (and temperature bucket), matched to each light.
     dark_frames = usable("dark")
@@ -198,7 +236,7 @@ def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict, cfa: bo
     for g in dark_groups:
         name = f"AutoMasterDark_{_fmt(float(g['exptime'].iloc[0]))}s"
         temp = g["temperature"].dropna().median() if g["temperature"].notna().any() else None
-        masters[name] = {"kind": "dark", "files": sorted(g["path"]), "calibrate_with": {}, "cfa": cfa}
+        masters[name] = {"kind": "dark", **_files(g), "calibrate_with": {}, "cfa": cfa}
         dark_info.append((name, float(g["exptime"].iloc[0]), temp))
 
     # Flat-darks per filter, flats per filter.
@@ -217,13 +255,13 @@ def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict, cfa: bo
             fd = flatdark_frames[flatdark_frames["exptime"].isin(exps)]
         if len(fd):
             fdname = f"AutoMasterFlatDark_{filt}"
-            masters[fdname] = {"kind": "flatdark", "files": sorted(fd["path"]), "calibrate_with": {}}
+            masters[fdname] = {"kind": "flatdark", **_files(fd), "calibrate_with": {}}
             with_["dark"] = fdname
         elif bias_name:
             with_["bias"] = bias_name
         masters[fname] = {
             "kind": "flat",
-            "files": sorted(fflats["path"]),
+            **_files(fflats),
             "calibrate_with": with_,
             "cfa": cfa,
         }

@@ -14,10 +14,11 @@ rule master:
         "../../envs/astroflow.yaml"
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.target, 3, config["integration"]["memory_mb"]),
+        band_mb=config["integration"]["memory_mb"],
     params:
         spec=lambda wc: PLAN[wc.target]["masters"][wc.name],
         deps=lambda wc: master_deps(wc.target, wc.name),
-        cfg=section("calibration", "integration", "cosmetic"),
-        code=CODE,
+        cfg=stage_cfg("master"),
+        code=stage_code("master"),
     script:
         "../../scripts/master.py"

@@ -1,41 +1,114 @@
 # Parse-time work: validate the config, classify every file of the night from its header, and
 # plan masters and chunks, so `snakemake -n` and `--dag` show every job of the run.
-import copy
 import threading
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from astroflow import __version__
 from astroflow.classify import scan
-from astroflow.options import non_default, source_hash
-from astroflow.products import output_files, products
+from astroflow.options import code_hash, coerce, non_default, pick
 from astroflow.plan import PlanError, build_plan
+from astroflow.products import output_files, products
+from astroflow.provenance import checksums
+from astroflow.stages.provenance import relative
+from astroflow.runlock import RunLockError, claim, release
+from astroflow.stages import STAGES
 
-validate(config, "../schemas/config.schema.yaml")
+SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+config.update(coerce(config, yaml.safe_load(open(SCHEMA))))
+validate(config, SCHEMA)
 DEFAULTS = {}
-validate(DEFAULTS, "../schemas/config.schema.yaml")
+validate(DEFAULTS, SCHEMA)
 
 if not config.get("data"):
     raise WorkflowError("no data folder: run with --config data=/path/to/night")
-DATA = Path(config["data"]).expanduser()
-OUT = Path(config["out"]).expanduser()
+DATA = Path(config["data"]).expanduser().resolve()
+OUT = Path(config["out"]).expanduser().resolve()
 if not DATA.is_dir():
     raise WorkflowError(f"data folder {DATA} does not exist")
 
+
+# The results folder is the working directory: Snakemake's lock and metadata live with the
+# results, so runs started from anywhere on one folder are locked against each other.
+workdir: OUT
+
+
+if workflow.is_main_process and not workflow.dryrun:
+    try:
+        claim(OUT)
+    except RunLockError as exc:
+        raise WorkflowError(str(exc))
+
 CLASSIFIED = scan(
-    DATA, config["overrides"], str(config["osc"]).lower(), config["bayer_pattern"]
+    DATA,
+    config["overrides"],
+    str(config["osc"]).lower(),
+    config["bayer_pattern"],
+    exclude=[OUT],
 )
+_sums = checksums(list(CLASSIFIED["path"]), OUT / ".astroflow" / "checksums.json")
+CLASSIFIED["sha256"] = [_sums.get(p, "") for p in CLASSIFIED["path"]]
 try:
-    PLAN, TABLE = build_plan(CLASSIFIED, config)
+    PLAN, TABLE = build_plan(CLASSIFIED, config, DATA)
 except PlanError as exc:
     raise WorkflowError(f"{DATA}: {exc}")
 for _, bad in TABLE[~TABLE["accepted"]].iterrows():
     logger.warning(f"excluded {bad['path']}: {bad['reason']}")
 
-CODE = f"{__version__}+{source_hash()}"
-HISTORY = non_default(config, DEFAULTS)
+
+def stage_cfg(rule):
+    """The options a stage reads (astroflow.stages.STAGES): its only config in params."""
+    return pick(config, STAGES[rule].options)
+
+
+def stage_code(rule):
+    """Hash of the code a stage runs: a change there, and only there, reruns its jobs."""
+    return code_hash(STAGES[rule].module)
+
+
+def stage_history(rule):
+    """HISTORY lines: the non-default options of a stage and of every stage before it."""
+    options = tuple(o for r in (*STAGES[rule].after, rule) for o in STAGES[r].options)
+    return non_default(pick(config, options), pick(DEFAULTS, options))
+
+
+PROVENANCE_FILES = {
+    "config": "yaml",
+    "inputs": "tsv",
+    "plan": "yaml",
+    "versions": "tsv",
+    "command": "txt",
+}
+
+
+def target_inputs(target):
+    """provenance/inputs.tsv rows: every file of the target's frames.tsv, by content."""
+    rows = []
+    for _, r in target_table(target).iterrows():
+        p = Path(r["path"])
+        rows.append(
+            {
+                "path": p.relative_to(DATA).as_posix(),
+                "type": r["type"],
+                "filter": r["filter"] or "",
+                "bytes": p.stat().st_size if p.exists() else "",
+                "sha256": r["sha256"],
+            }
+        )
+    return rows
+
+
+def rerun_command(target):
+    """The command that reruns this configuration (data and results as the user gave them)."""
+    cfg = Path(config["out"], target, "provenance", "config.yaml")
+    return f"snakemake --cores all --configfile {cfg} --config data={config['data']} out={config['out']}"
+
+
+def finish_run():
+    release(OUT)
+    cancel_pending_timers()
 
 
 wildcard_constraints:
@@ -77,7 +150,7 @@ def all_outputs():
     files = []
     for target, plan in PLAN.items():
         files.append(out(target, "frames.tsv"))
-        files.append(out(target, "run", "config.yaml"))
+        files.append(out(target, "provenance", "config.yaml"))
         files += [master_path(target, name) for name in plan["masters"]]
         files += [
             out(target, "integration", f"Integration_{f}.fits") for f in plan["filters"]
@@ -115,9 +188,18 @@ def calibrate_inputs(wildcards):
     rows = chunk_rows(wildcards)
     names = sorted({r[k] for r in rows for k in ("bias", "dark", "flat") if r.get(k)})
     return {
-        "lights": [r["path"] for r in rows],
+        "lights": [r["source"] for r in rows],
         "masters": [master_path(wildcards.target, n) for n in names],
     }
+
+
+def reference_chunks(wildcards):
+    """Calibrated chunks of the reference filter: the reference is chosen among them."""
+    plan = PLAN[wildcards.target]
+    return [
+        out(wildcards.target, "calibrated", c)
+        for c in chunks_of(wildcards.target, plan["reference_filter"])
+    ]
 
 
 def chunks_of(target, filt=None):
@@ -133,10 +215,6 @@ def target_table(target):
         t["target"].fillna("").eq("")
     )  # calibration frames and unreadable files
     return t[(t["target"] == target) | unassigned]
-
-
-def section(*names):
-    return {n: copy.deepcopy(config[n]) for n in names}
 
 
 # ---- finished images ----

@@ -16,8 +16,8 @@ rule crop_area:
     conda:
         "../../envs/astroflow.yaml"
     params:
-        cfg=section("crop"),
-        code=CODE,
+        cfg=stage_cfg("crop_area"),
+        code=stage_code("crop_area"),
     script:
         "../../scripts/crop_area.py"
 
@@ -35,7 +35,7 @@ rule crop_channel:
     conda:
         "../../envs/astroflow.yaml"
     params:
-        code=CODE,
+        code=stage_code("crop_channel"),
     script:
         "../../scripts/crop_channel.py"
 
@@ -53,8 +53,8 @@ rule gradient:
     conda:
         "../../envs/astroflow.yaml"
     params:
-        cfg=section("gradient"),
-        code=CODE,
+        cfg=stage_cfg("gradient"),
+        code=stage_code("gradient"),
     script:
         "../../scripts/gradient.py"
 
@@ -75,18 +75,8 @@ rule final_image:
         "../../envs/astroflow.yaml"
     params:
         spec=lambda wc: PRODUCTS[wc.target][wc.product],
-        cfg=section(
-            "colour",
-            "combination",
-            "narrowband",
-            "narrowband_rgb",
-            "noise_reduction",
-            "stretch",
-            "nonlinear",
-            "stars",
-            "output",
-        ),
-        history=HISTORY,
-        code=CODE,
+        cfg=stage_cfg("final_image"),
+        history=stage_history("final_image"),
+        code=stage_code("final_image"),
     script:
         "../../scripts/final_image.py"

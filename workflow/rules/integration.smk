@@ -24,10 +24,11 @@ rule integrate:
     threads: workflow.cores
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.target, 0, config["integration"]["memory_mb"]),
+        band_mb=config["integration"]["memory_mb"],
     params:
-        cfg=section("integration"),
-        history=HISTORY,
-        code=CODE,
+        cfg=stage_cfg("integrate"),
+        history=stage_history("integrate"),
+        code=stage_code("integrate"),
     script:
         "../../scripts/integrate.py"
 
@@ -47,25 +48,31 @@ rule frames_table:
     conda:
         "../../envs/astroflow.yaml"
     params:
-        table=lambda wc: target_table(wc.target).reset_index().to_dict("list"),
-        code=CODE,
+        table=lambda wc: target_table(wc.target).to_dict("list"),
+        data=str(DATA),
+        code=stage_code("frames_table"),
     script:
         "../../scripts/frames_table.py"
 
 
-rule run_record:
+rule provenance:
     output:
-        config=out("{target}", "run", "config.yaml"),
-        versions=out("{target}", "run", "versions.tsv"),
+        **{
+            name: out("{target}", "provenance", f"{name}.{ext}")
+            for name, ext in PROVENANCE_FILES.items()
+        },
     log:
-        out("{target}", "logs", "run_record.log"),
+        out("{target}", "logs", "provenance.log"),
     benchmark:
-        out("{target}", "benchmarks", "run_record.tsv")
+        out("{target}", "benchmarks", "provenance.tsv")
     conda:
         "../../envs/astroflow.yaml"
     params:
         cfg=config,
-        plan=lambda wc: PLAN[wc.target],
-        code=CODE,
+        inputs=lambda wc: target_inputs(wc.target),
+        plan=lambda wc: relative(PLAN[wc.target], str(DATA)),
+        codes={rule: stage_code(rule) for rule in STAGES},
+        command=lambda wc: rerun_command(wc.target),
+        code=stage_code("provenance"),
     script:
-        "../../scripts/run_record.py"
+        "../../scripts/provenance.py"

@@ -1,5 +1,6 @@
 # Per-chunk work on lights: calibrate + cosmetic + debayer + measure, then register (each
-# register job chooses the target's reference from all measurements; `reference` records it).
+# register job chooses the target's reference from the reference filter's measurements;
+# `reference` records it).
 # One job per chunk of frames (`batch_size`), not per frame.
 
 
@@ -19,15 +20,15 @@ rule calibrate:
     params:
         rows=chunk_rows,
         masters_dir=lambda wc: out(wc.target, "masters"),
-        cfg=section("cosmetic", "debayer", "registration"),
-        code=CODE,
+        cfg=stage_cfg("calibrate"),
+        code=stage_code("calibrate"),
     script:
         "../../scripts/calibrate.py"
 
 
 rule reference:
     input:
-        lambda wc: [out(wc.target, "calibrated", c) for c in chunks_of(wc.target)],
+        reference_chunks,
     output:
         out("{target}", "reference.json"),
     log:
@@ -37,7 +38,7 @@ rule reference:
     conda:
         "../../envs/astroflow.yaml"
     params:
-        code=CODE,
+        code=stage_code("reference"),
     script:
         "../../scripts/reference.py"
 
@@ -45,10 +46,8 @@ rule reference:
 rule register:
     input:
         calibrated=out("{target}", "calibrated", "{chunk}"),
-        # the reference is chosen here from every chunk's measurements (no job waits for it)
-        all_calibrated=lambda wc: [
-            out(wc.target, "calibrated", c) for c in chunks_of(wc.target)
-        ],
+        # the reference is chosen here from its filter's measurements (no job waits for it)
+        reference=reference_chunks,
     output:
         directory(out("{target}", "registered", "{chunk}")),
     log:
@@ -60,7 +59,7 @@ rule register:
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.target, 6),
     params:
-        cfg=section("registration"),
-        code=CODE,
+        cfg=stage_cfg("register"),
+        code=stage_code("register"),
     script:
         "../../scripts/register.py"

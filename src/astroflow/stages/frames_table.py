@@ -1,0 +1,35 @@
+"""Stage ``frames_table``: ``frames.tsv``, every input file and what became of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .job import write_frame
+
+
+def frames_table(classified, registered_dirs: list[str], reference_json, data_dir, out):
+    """Merge classification, calibration, measurement and registration into ``frames.tsv``.
+
+    A light is ``accepted`` only if it was classified, calibrated and registered; ``reason`` holds
+    the first problem met. Rows are keyed by the file's path; ``path`` is written relative to
+    ``data_dir`` (the table does not depend on where the night is).
+    """
+    import pandas as pd
+
+    tables = [pd.read_csv(Path(d) / "registration.tsv", sep="\t") for d in registered_dirs]
+    done = pd.concat(tables, ignore_index=True).drop(columns=["exptime", "reference"])
+    done = done.rename(columns={"reason": "calibration_reason", "file": "calibrated"})
+    data_dir = Path(data_dir).resolve()
+    table = classified.assign(path=[Path(p).relative_to(data_dir).as_posix() for p in classified["path"]])
+    table = table.merge(done, on="path", how="left")
+    table["reference"] = table["path"] == json.loads(Path(reference_json).read_text())["path"]
+    lights = (table["type"] == "light") & table["accepted"]
+    for col in ("calibration_reason", "reg_reason"):
+        problem = lights & table[col].fillna("").astype(str).ne("")
+        table.loc[problem, "reason"] = table.loc[problem, col]
+        table.loc[problem, "accepted"] = False
+        lights &= ~problem
+    table = table.drop(columns=["calibration_reason", "reg_reason", "status", "reg_status"])
+    write_frame(table, Path(out))
+    return table

@@ -1,0 +1,106 @@
+"""Stage ``integrate``: all registered frames of one filter into its integration, rejection maps
+and coverage map."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ..io import FitsRows, FitsWriter, add_history, copy_wcs, read_header
+from ..tables import number, read_chunk_tables
+
+log = logging.getLogger("astroflow")
+
+
+def integrate(
+    registered_dirs: list[str], filt: str, outputs: dict, cfg: dict, history: list[str], memory_mb: float
+) -> dict:
+    """Integrate all registered frames of one filter; write image, rejection and coverage maps.
+
+    Frames are read band by band within ``memory_mb`` MB (the result does not depend on it);
+    they are combined in the order of their paths, whatever chunks they came in."""
+    from .. import integrate as lib
+
+    rows = read_chunk_tables(registered_dirs, "registration.tsv")
+    ok = sorted((r for r in rows if r.get("reg_status") == "ok"), key=lambda r: r["path"])
+    if not ok:
+        raise RuntimeError(f"filter {filt}: no frame could be calibrated and registered (see frames.tsv)")
+    ic = cfg["integration"]
+    n = len(ok)
+    channels = sum(1 for c in range(3) if all(r.get(f"scale_{c}") is not None for r in ok))
+    noise, scale, loc = (
+        np.array([[number(r[f"{k}_{c}"]) for c in range(channels)] for r in ok])
+        for k in ("noise", "scale", "background")
+    )
+    w = lib.frame_weights(noise, scale, ic["weights"])
+    ref = int(np.argmax(w))
+    method = ic["rejection"]
+    if method in ("auto", "auto1", "auto2"):
+        method = lib.auto_rejection(max(n, 3), "auto1" if method == "auto1" else "auto2")
+    low, high = ic["params"][method] if method in ic["params"] else lib.DEFAULT_PARAMS[method]
+    norms = [lib.FrameNorm(loc[i], scale[i], float(w[i])) for i in range(n)]
+    sources = [FitsRows(Path(r["dir"]) / r["registered"]) for r in ok]
+    if n < 3:
+        log.warning("filter %s: only %d frame(s): averaged without rejection", filt, n)
+    head = read_header(Path(ok[ref]["dir"]) / ok[ref]["registered"])
+    h = fits.Header()
+    for key in (
+        "OBJECT",
+        "INSTRUME",
+        "TELESCOP",
+        "FOCALLEN",
+        "XPIXSZ",
+        "XBINNING",
+        "YBINNING",
+        "GAIN",
+        "OFFSET",
+    ):
+        if key in head:
+            h[key] = head[key]
+    copy_wcs(head, h)
+    h["IMAGETYP"] = "Master light"
+    h["FILTER"] = filt
+    exps = np.array([float(r["exptime"]) for r in ok])
+    h["EXPTIME"] = (float(np.median(exps)), "[s] single-frame exposure (median)")
+    h["EXPTOTAL"] = (float(np.sum(exps)), "[s] total integrated exposure")
+    h["NCOMBINE"] = (n, "frames integrated")
+    h["FWHMMED"] = (
+        float(np.nanmedian([number(r.get("fwhm")) for r in ok])),
+        "[px] median FWHM of integrated frames",
+    )
+    h["REJECT"] = (method if n >= 3 else "none", "pixel rejection")
+    h["NORMALIZ"] = (ic["normalization"], "normalisation")
+    h["WEIGHTS"] = (ic["weights"], "frame weighting")
+    h["REFFRAME"] = (Path(ok[ref]["path"]).name[:68], "normalisation reference")
+    add_history(h, history)
+    shape = sources[0].shape
+    bands = lib.integrate_bands(
+        sources,
+        norms,
+        method if n >= 3 else "none",
+        low,
+        high,
+        normalisation=ic["normalization"],
+        reference=ref,
+        memory_mb=memory_mb,
+        combine=ic["combination"],
+        grow=ic["grow"] if n >= 3 else 0,
+        grow_sigma=ic["grow_sigma"],
+    )
+    # the four maps are written band by band as they are made: memory stays at one band
+    with (
+        FitsWriter(outputs["image"], shape, h) as w_image,
+        FitsWriter(outputs["rejection_low"], shape, h) as w_lo,
+        FitsWriter(outputs["rejection_high"], shape, h) as w_hi,
+        FitsWriter(outputs["coverage"], shape[-2:], h) as w_cov,
+    ):
+        squeeze = (lambda a: a[0]) if len(shape) == 2 else (lambda a: a)  # noqa: E731
+        for y0, _, image, rej_lo, rej_hi, coverage in bands:
+            w_image.write_rows(y0, squeeze(image))
+            w_lo.write_rows(y0, squeeze(rej_lo))
+            w_hi.write_rows(y0, squeeze(rej_hi))
+            w_cov.write_rows(y0, coverage)
+    return {"frames": n, "rejection": method, "reference": ok[ref]["path"]}

@@ -1,0 +1,41 @@
+"""What every job does the same way: its log and thread budget, frame names, TSV tables."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..io import atomic_path
+
+
+def setup_logging(path: str | Path, threads: int = 1) -> None:
+    """Send the library's log (and warnings) to a job's log file, and keep OpenCV's and numba's
+    thread pools to the job's ``threads`` (Snakemake's budget); used by the Snakemake scripts."""
+    import cv2
+
+    threads = max(1, int(threads))
+    cv2.setNumThreads(threads)
+    os.environ["NUMBA_NUM_THREADS"] = str(threads)  # read when numba is imported
+    if "numba" in sys.modules:  # already imported: the variable came too late
+        numba = sys.modules["numba"]
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        filename=str(path), level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
+    logging.captureWarnings(True)
+
+
+def stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".fits.fz", ".fit.fz", ".fits", ".fit", ".fts", ".xisf", ".fz"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def write_frame(df, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False)
