@@ -126,7 +126,7 @@ def test_lrgb_outputs_in_every_format_with_history(lrgb_run):
     img = fits.getdata(final / "AutoLRGB.fits")
     header = fits.getheader(final / "AutoLRGB.fits")
     history = " ".join(str(h) for h in header["HISTORY"])
-    assert "astroflow" in history and "Processing date" in history
+    assert "astroflow" in history and "Provenance" in history
     assert header["PRODUCT"] == "AutoLRGB" and header["STRETCH"] == "auto_stf" and header["AUTOCROP"]
     tif = tifffile.imread(final / "AutoLRGB.tif")
     assert tif.dtype == np.uint16 and tif.shape == img.shape[1:] + (3,)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-import time
 import warnings
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -258,11 +258,12 @@ def copy_wcs(src: fits.Header, dst: fits.Header) -> fits.Header:
 
 
 def add_history(header: fits.Header, options: list[str]) -> fits.Header:
-    """AutoIntegrate-style HISTORY: version, processing date (UTC), then each non-default option."""
+    """AutoIntegrate-style HISTORY: version, where the run's record is, then each non-default
+    option. No processing date: identical runs write identical files."""
     from . import __version__
 
     header["HISTORY"] = f"astroflow {__version__}"
-    header["HISTORY"] = f"Processing date {time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}"
+    header["HISTORY"] = "Provenance: <target>/provenance/ (config, inputs, versions)"
     if options:
         header["HISTORY"] = "Processing options:"
         for line in options:
@@ -381,8 +382,39 @@ def write_xisf(
     for card in (header or fits.Header()).cards:
         if card.keyword and not card.keyword.startswith(("NAXIS", "BITPIX", "SIMPLE", "BZERO")):
             keywords.setdefault(card.keyword, []).append({"value": str(card.value), "comment": card.comment})
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _xisf_clock(_creation_time(header)):
         XISF.write(str(tmp), np.ascontiguousarray(img), image_metadata={"FITSKeywords": keywords})
+
+
+def _creation_time(header: fits.Header | None):
+    """The XISF:CreationTime to write: the observation date (DATE-OBS), else SOURCE_DATE_EPOCH or
+    1970-01-01 (the reproducible-builds convention), never the clock: identical runs write
+    identical files."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str((header or {})["DATE-OBS"])).replace(tzinfo=UTC)
+    except (KeyError, ValueError):
+        return datetime.fromtimestamp(int(os.environ.get("SOURCE_DATE_EPOCH", 0)), UTC)
+
+
+@contextmanager
+def _xisf_clock(when):
+    """The xisf package stamps files with ``datetime.now()``; make its clock read ``when``."""
+    import xisf as module
+
+    real = module.datetime
+
+    class Fixed(real):
+        @classmethod
+        def now(cls, tz=None):
+            return when.astimezone(tz) if tz else when.replace(tzinfo=None)
+
+    module.datetime = Fixed
+    try:
+        yield
+    finally:
+        module.datetime = real
 
 
 _LAYOUT_KEYS = ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "BZERO", "BSCALE")

@@ -146,3 +146,15 @@ def pick(cfg: dict, options: tuple[str, ...]) -> dict:
             src, dst = src[s], dst.setdefault(s, {})
         dst[key] = src[key]
     return picked
+
+
+def ordered(cfg: dict, like: dict) -> dict:
+    """``cfg`` with its keys in the order of ``like`` (the defaults: the schema's order), others
+    after them sorted: a config read from a saved file compares equal to the one it came from."""
+    keys = [k for k in like if k in cfg] + sorted(k for k in cfg if k not in like)
+    return {
+        k: ordered(cfg[k], like.get(k, {}))
+        if isinstance(cfg[k], dict) and isinstance(like.get(k), dict)
+        else cfg[k]
+        for k in keys
+    }

@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from astroflow.classify import scan
-from astroflow.options import code_hash, coerce, non_default, pick
+from astroflow.options import LOCATION_KEYS, code_hash, coerce, non_default, ordered, pick
 from astroflow.plan import PlanError, build_plan
 from astroflow.products import output_files, products
 from astroflow.provenance import checksums
@@ -21,6 +21,8 @@ config.update(coerce(config, yaml.safe_load(open(SCHEMA))))
 validate(config, SCHEMA)
 DEFAULTS = {}
 validate(DEFAULTS, SCHEMA)
+# one key order whatever the source (a saved config compares equal to the run it came from)
+config.update(ordered(config, DEFAULTS))
 
 if not config.get("data"):
     raise WorkflowError("no data folder: run with --config data=/path/to/night")

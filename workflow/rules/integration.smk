@@ -68,7 +68,7 @@ rule provenance:
     conda:
         "../../envs/astroflow.yaml"
     params:
-        cfg=config,
+        cfg={k: v for k, v in ordered(config, DEFAULTS).items() if k not in LOCATION_KEYS},
         inputs=lambda wc: target_inputs(wc.target),
         plan=lambda wc: relative(PLAN[wc.target], str(DATA)),
         codes={rule: stage_code(rule) for rule in STAGES},

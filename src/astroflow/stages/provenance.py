@@ -16,7 +16,6 @@ from pathlib import Path
 
 from .. import __version__
 from ..io import atomic_path
-from ..options import LOCATION_KEYS
 from ..tables import write_tsv
 
 PACKAGES = (
@@ -49,15 +48,14 @@ def relative(value, data_dir: str):
 
 def provenance(cfg: dict, inputs: list[dict], plan: dict, codes: dict, command: str, outputs: dict) -> None:
     """Write the provenance files (module doc) to ``outputs`` (config, inputs, plan, versions,
-    command); ``inputs`` rows carry path (relative), type, size, sha256; ``codes`` maps each
+    command); ``cfg`` is every option but the data and results folders; ``inputs`` rows carry path (relative), type, size, sha256; ``codes`` maps each
     stage to its code hash."""
     import yaml
 
-    options = {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
     with atomic_path(outputs["config"]) as tmp:
         tmp.write_text(
             "# astroflow's effective configuration of this run (defaults included).\n"
-            f"# Rerun: see command.txt\n{yaml.safe_dump(options, sort_keys=False, width=110)}"
+            f"# Rerun: see command.txt\n{yaml.safe_dump(cfg, sort_keys=False, width=110)}"
         )
     with atomic_path(outputs["plan"]) as tmp:
         tmp.write_text(yaml.safe_dump(plan, sort_keys=False, width=110))
