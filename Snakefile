@@ -28,8 +28,8 @@ rule all:
 # job ends; the process waits for them, adding a second to every run. Nothing is left to
 # schedule then, so they are cancelled.
 onsuccess:
-    finish_run()
+    finish_run(True)
 
 
 onerror:
-    finish_run()
+    finish_run(False)

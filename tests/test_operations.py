@@ -4,6 +4,8 @@ saved configuration fed back, typed options on the command line, clear config er
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -112,3 +114,13 @@ def test_a_killed_run_resumes_with_the_same_command_and_a_live_one_is_named(smal
     proc = run_snakemake(small_night, out)
     assert "removed the lock" in proc.stdout + proc.stderr
     assert (out / "NGC_7000/final/AutoMono/AutoMono.png").exists()
+
+
+def test_flowchart_is_the_runs_dag_with_measured_times(small_run):
+    dot = (small_run / "flowchart.dot").read_text()
+    for edge in ('"master" -> "calibrate"', '"calibrate" -> "register"', '"integrate" -> "crop_area"'):
+        assert edge in dot
+    assert re.search(r'"calibrate" \[label="calibrate: 2 jobs, [0-9.]+ s"\]', dot), dot
+    if shutil.which("dot"):  # Graphviz: installed by .ci/run and make install
+        assert "<svg" in (small_run / "flowchart.svg").read_text()
+        assert (small_run / "flowchart.png").read_bytes()[:4] == b"\x89PNG"

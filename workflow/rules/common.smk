@@ -108,7 +108,28 @@ def rerun_command(target):
     return f"snakemake --cores all --configfile {cfg} --config data={config['data']} out={config['out']}"
 
 
-def finish_run():
+def write_flowchart():
+    """OUT/flowchart.*: this run's DAG by rule, with every job's measured time; and in the log."""
+    from astroflow import flowchart
+
+    dag = workflow.dag
+    jobs = [
+        (job.rule.name, job.benchmark, [d.rule.name for d in dag.dependencies[job]])
+        for job in dag.jobs
+    ]
+    chart = flowchart.steps(jobs)
+    files = flowchart.write(chart, OUT)
+    logger.info(f"Flowchart ({', '.join(str(f) for f in files)}):\n{flowchart.text(chart)}")
+    if len(files) == 1:
+        logger.warning("install Graphviz (`dot`) for the flowchart's SVG and PNG images")
+
+
+def finish_run(success):
+    if success and workflow.is_main_process and not workflow.dryrun:
+        try:
+            write_flowchart()
+        except Exception as exc:  # the run's results are complete without it
+            logger.warning(f"flowchart not written: {exc}")
     release(OUT)
     cancel_pending_timers()
 
