@@ -7,7 +7,7 @@ CORES ?= 2
 SAMPLE := sample/night
 RESULTS := results
 
-.PHONY: install demo test lint format clean benchmark speed
+.PHONY: install demo test lint format clean benchmark speed report
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ demo: $(VENV)/.installed $(SAMPLE)/truth/truth.json
 	@echo "Integrations:  $$(ls $(RESULTS)/*/integration/Integration_?.fits | tr '\n' ' ')"
 	@echo "Frame table:   $$(ls $(RESULTS)/*/frames.tsv)"
 	@echo "Masters:       $$(ls -d $(RESULTS)/*/masters)"
+
+# the self-contained HTML report of the demo run (final images, integrations, per-frame plots)
+report: demo
+	$(BIN)/snakemake --cores 1 --report $(RESULTS)/report.html --config data=$(SAMPLE) out=$(RESULTS)
+	@echo "Report: $(RESULTS)/report.html"
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -n $(CORES) -q

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, SNAKEMAKE, run_snakemake
@@ -124,3 +125,51 @@ def test_flowchart_is_the_runs_dag_with_measured_times(small_run):
     if shutil.which("dot"):  # Graphviz: installed by .ci/run and make install
         assert "<svg" in (small_run / "flowchart.svg").read_text()
         assert (small_run / "flowchart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (.ci/run installs it)")
+def test_report_renders_every_image_in_a_real_browser(small_night, small_run):
+    from playwright.sync_api import sync_playwright
+
+    report = small_run / "report.html"
+    cmd = [
+        SNAKEMAKE,
+        "--cores",
+        "1",
+        "--report",
+        str(report),
+        "--config",
+        f"data={small_night}",
+        f"out={small_run}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # category, then (for Frames) the figure, then the row whose eye shows the image
+    expected = [
+        ("Final images", "AutoMono"),
+        ("Integrations", "L"),
+        ("Frames", "per-frame metrics", "NGC_7000"),
+    ]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(report.as_uri())
+        for *clicks, row in expected:
+            for text in clicks:
+                page.get_by_text(text, exact=True).first.click()
+            page.locator("tr", has_text=row).locator("a[iconname=eye]").first.click()
+            shown = page.locator("img[src^='data:image/png'], img[src^='data:image/svg']").last
+            shown.wait_for(timeout=10_000)
+            assert shown.evaluate("i => i.complete && i.naturalWidth") > 0, clicks
+            page.goto(report.as_uri())
+        assert "frames.tsv" in page.content()
+        browser.close()

@@ -92,13 +92,15 @@ def test_registration_option_reruns_registration_not_calibration(setup):
     workflow, data, out = setup
     jobs = planned(*setup, "output={formats: [png, jpeg]}", "registration={interpolation: cubic}")
     registers = {f"register[{c}]" for c in _chunks(out, "L") + _chunks(out, "R")}
-    expected = registers | {"integrate[L]", "integrate[R]", "frames_table", "provenance"}
+    expected = registers | {"integrate[L]", "integrate[R]", "frames_table", "frame_plots", "provenance"}
+    expected |= {"preview[L]", "preview[R]"}
     assert jobs == expected | FINISH | {"final_image[AutoMono]"}
 
 
 def test_integration_option_reruns_integration_and_after(setup):
     jobs = planned(*setup, "output={formats: [png, jpeg]}", "integration={rejection: winsorized}")
-    assert jobs == {"integrate[L]", "integrate[R]", "provenance", "final_image[AutoMono]"} | FINISH
+    after = {"preview[L]", "preview[R]", "provenance", "final_image[AutoMono]"}
+    assert jobs == {"integrate[L]", "integrate[R]"} | after | FINISH
 
 
 def _light(data, filt, i):
@@ -120,7 +122,14 @@ def test_one_new_light_reruns_its_chunk_and_its_filter_only(setup):
     chunks = {j[len("calibrate[") : -1] for j in jobs if j.startswith("calibrate[")}
     assert len(chunks) == 1 and next(iter(chunks)).startswith("R_"), jobs
     chunk = chunks.pop()
-    after = {"integrate[R]", "frames_table", "provenance", "final_image[AutoMono]"}
+    after = {
+        "integrate[R]",
+        "preview[R]",
+        "frames_table",
+        "frame_plots",
+        "provenance",
+        "final_image[AutoMono]",
+    }
     assert jobs == {f"calibrate[{chunk}]", f"register[{chunk}]"} | after | FINISH
 
 
@@ -137,7 +146,14 @@ def test_a_replaced_light_with_an_older_mtime_is_reprocessed(setup):
         light.write_bytes(saved)
         os.utime(light, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     chunk = next(r["chunk"] for r in _frames(out) if r["path"].endswith(light.name))
-    after = {"integrate[R]", "frames_table", "provenance", "final_image[AutoMono]"}
+    after = {
+        "integrate[R]",
+        "preview[R]",
+        "frames_table",
+        "frame_plots",
+        "provenance",
+        "final_image[AutoMono]",
+    }
     assert jobs == {f"calibrate[{chunk}]", f"register[{chunk}]"} | after | FINISH
 
 

@@ -13,14 +13,22 @@ Linear channel images are ADU (65535 = full scale) until ``final_image`` maps th
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
 from . import colour, combine, enhance, palettes, platesolve, stars, stretch
-from .io import ADU_FULL_SCALE, add_history, atomic_path, copy_wcs, read_image, write_fits, write_xisf
+from .io import (
+    ADU_FULL_SCALE,
+    add_history,
+    atomic_path,
+    copy_wcs,
+    read_image,
+    write_8bit,
+    write_fits,
+    write_xisf,
+)
 from .products import RGB_FILTERS
 
 log = logging.getLogger("astroflow")
@@ -234,14 +242,9 @@ def _write_formats(final: np.ndarray, outputs: dict, header: fits.Header, cfg: d
                 np.round(hwc * 65535).astype(np.uint16),
                 photometric="minisblack" if img.ndim == 2 else "rgb",
             )
-    bgr = hwc if img.ndim == 2 else hwc[..., ::-1]
     for fmt, params in (
         ("png", []),
         ("jpeg", [cv2.IMWRITE_JPEG_QUALITY, int(cfg["output"]["jpeg_quality"])]),
     ):
         if fmt in outputs:
-            ok, buf = cv2.imencode(Path(outputs[fmt]).suffix, np.round(bgr * 255).astype(np.uint8), params)
-            if not ok:
-                raise RuntimeError(f"could not encode {outputs[fmt]}")
-            with atomic_path(outputs[fmt]) as tmp:
-                Path(tmp).write_bytes(buf.tobytes())
+            write_8bit(outputs[fmt], img, params)

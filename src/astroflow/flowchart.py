@@ -78,7 +78,11 @@ def text(chart: dict[str, Step]) -> str:
 
 def dot(chart: dict[str, Step]) -> str:
     """Graphviz source of the chart, top to bottom."""
-    lines = ["digraph astroflow {", "  rankdir=TB;", '  node [shape=box, style="rounded,filled", fillcolor="#e8eef7", fontname="sans-serif"];']
+    lines = [
+        "digraph astroflow {",
+        "  rankdir=TB;",
+        '  node [shape=box, style="rounded,filled", fillcolor="#e8eef7", fontname="sans-serif"];',
+    ]
     for rule in _order(chart):
         lines.append(f'  "{rule}" [label="{_label(rule, chart[rule])}"];')
         lines += [f'  "{dep}" -> "{rule}";' for dep in sorted(chart[rule].after)]

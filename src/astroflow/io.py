@@ -386,6 +386,20 @@ def write_xisf(
         XISF.write(str(tmp), np.ascontiguousarray(img), image_metadata={"FITSKeywords": keywords})
 
 
+def write_8bit(path: str | os.PathLike, image: np.ndarray, params=()) -> None:
+    """Write a [0, 1] image (2-D, or 3 planes R, G, B) as 8-bit PNG or JPEG (by the suffix);
+    ``params`` are OpenCV's encoder flags."""
+    import cv2
+
+    img = np.clip(image, 0, 1)
+    hwc = img if img.ndim == 2 else np.moveaxis(img, 0, -1)[..., ::-1]  # OpenCV wants BGR
+    ok, buf = cv2.imencode(Path(path).suffix, np.round(hwc * 255).astype(np.uint8), list(params))
+    if not ok:
+        raise RuntimeError(f"could not encode {path}")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buf.tobytes())
+
+
 def _creation_time(header: fits.Header | None):
     """The XISF:CreationTime to write: the observation date (DATE-OBS), else SOURCE_DATE_EPOCH or
     1970-01-01 (the reproducible-builds convention), never the clock: identical runs write

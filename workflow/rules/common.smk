@@ -8,7 +8,14 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from astroflow.classify import scan
-from astroflow.options import LOCATION_KEYS, code_hash, coerce, non_default, ordered, pick
+from astroflow.options import (
+    LOCATION_KEYS,
+    code_hash,
+    coerce,
+    non_default,
+    ordered,
+    pick,
+)
 from astroflow.plan import PlanError, build_plan
 from astroflow.products import output_files, products
 from astroflow.provenance import checksums
@@ -119,9 +126,13 @@ def write_flowchart():
     ]
     chart = flowchart.steps(jobs)
     files = flowchart.write(chart, OUT)
-    logger.info(f"Flowchart ({', '.join(str(f) for f in files)}):\n{flowchart.text(chart)}")
+    logger.info(
+        f"Flowchart ({', '.join(str(f) for f in files)}):\n{flowchart.text(chart)}"
+    )
     if len(files) == 1:
-        logger.warning("install Graphviz (`dot`) for the flowchart's SVG and PNG images")
+        logger.warning(
+            "install Graphviz (`dot`) for the flowchart's SVG and PNG images"
+        )
 
 
 def finish_run(success):
@@ -178,6 +189,10 @@ def all_outputs():
         files += [
             out(target, "integration", f"Integration_{f}.fits") for f in plan["filters"]
         ]
+        files += [
+            out(target, "report", f"Integration_{f}.png") for f in plan["filters"]
+        ]
+        files.append(out(target, "report", "frames.svg"))
     return files
 
 
@@ -265,6 +280,28 @@ def channel_file(target, filt):
         return str(edited)
     stage = "_GC" if config["gradient"]["enabled"] else "_map"
     return out(target, "processed", f"Integration_{filt}{stage}.fits")
+
+
+def final_output(role, suffix):
+    """A final image's file; its PNG goes into the HTML report."""
+    path = out("{target}", "final", "{product}", f"{{product}}{suffix}")
+    if role != "png":
+        return path
+    labels = {"target": "{target}", "image": "{product}"}
+    return report(
+        path, caption="../report/final.rst", category="Final images", labels=labels
+    )
+
+
+def provenance_output(name, ext):
+    """A provenance file; the configuration and the versions go into the HTML report."""
+    path = out("{target}", "provenance", f"{name}.{ext}")
+    if name not in ("config", "versions"):
+        return path
+    labels = {"target": "{target}", "file": f"{name}.{ext}"}
+    return report(
+        path, caption="../report/provenance.rst", category="Provenance", labels=labels
+    )
 
 
 def final_files(target, product):

@@ -63,10 +63,7 @@ rule final_image:
     input:
         unpack(final_inputs),
     output:
-        **{
-            role: out("{target}", "final", "{product}", f"{{product}}{suffix}")
-            for role, suffix in FINAL_FILES.items()
-        },
+        **{role: final_output(role, suffix) for role, suffix in FINAL_FILES.items()},
     log:
         out("{target}", "logs", "final_{product}.log"),
     benchmark:
@@ -80,3 +77,47 @@ rule final_image:
         code=stage_code("final_image"),
     script:
         "../../scripts/final_image.py"
+
+
+rule preview:
+    input:
+        integration("{target}", "{filter}"),
+    output:
+        report(
+            out("{target}", "report", "Integration_{filter}.png"),
+            caption="../report/integration.rst",
+            category="Integrations",
+            labels={"target": "{target}", "filter": "{filter}"},
+        ),
+    log:
+        out("{target}", "logs", "preview_{filter}.log"),
+    benchmark:
+        out("{target}", "benchmarks", "preview_{filter}.tsv")
+    conda:
+        "../../envs/astroflow.yaml"
+    params:
+        code=stage_code("preview"),
+    script:
+        "../../scripts/preview.py"
+
+
+rule frame_plots:
+    input:
+        out("{target}", "frames.tsv"),
+    output:
+        report(
+            out("{target}", "report", "frames.svg"),
+            caption="../report/frames.rst",
+            category="Frames",
+            labels={"target": "{target}", "figure": "per-frame metrics"},
+        ),
+    log:
+        out("{target}", "logs", "frame_plots.log"),
+    benchmark:
+        out("{target}", "benchmarks", "frame_plots.tsv")
+    conda:
+        "../../envs/astroflow.yaml"
+    params:
+        code=stage_code("frame_plots"),
+    script:
+        "../../scripts/frame_plots.py"

@@ -21,7 +21,7 @@ rule integrate:
         out("{target}", "benchmarks", "integrate_{filter}.tsv")
     conda:
         "../../envs/astroflow.yaml"
-    threads: workflow.cores
+    threads: lambda wc: workflow.cores or 1  # all cores: numba parallelises the columns
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.target, 0, config["integration"]["memory_mb"]),
         band_mb=config["integration"]["memory_mb"],
@@ -40,7 +40,12 @@ rule frames_table:
         ],
         reference=out("{target}", "reference.json"),
     output:
-        out("{target}", "frames.tsv"),
+        report(
+            out("{target}", "frames.tsv"),
+            caption="../report/frames_table.rst",
+            category="Frames",
+            labels={"target": "{target}", "figure": "frames.tsv"},
+        ),
     log:
         out("{target}", "logs", "frames_table.log"),
     benchmark:
@@ -57,10 +62,7 @@ rule frames_table:
 
 rule provenance:
     output:
-        **{
-            name: out("{target}", "provenance", f"{name}.{ext}")
-            for name, ext in PROVENANCE_FILES.items()
-        },
+        **{name: provenance_output(name, ext) for name, ext in PROVENANCE_FILES.items()},
     log:
         out("{target}", "logs", "provenance.log"),
     benchmark:
@@ -68,7 +70,11 @@ rule provenance:
     conda:
         "../../envs/astroflow.yaml"
     params:
-        cfg={k: v for k, v in ordered(config, DEFAULTS).items() if k not in LOCATION_KEYS},
+        cfg={
+            k: v
+            for k, v in ordered(config, DEFAULTS).items()
+            if k not in LOCATION_KEYS
+        },
         inputs=lambda wc: target_inputs(wc.target),
         plan=lambda wc: relative(PLAN[wc.target], str(DATA)),
         codes={rule: stage_code(rule) for rule in STAGES},

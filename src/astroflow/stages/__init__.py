@@ -82,6 +82,8 @@ STAGES: dict[str, Stage] = {
     "gradient": Stage(
         "astroflow.stages.gradient:gradient", ("gradient",), (*_LIGHTS, "integrate", "crop_area")
     ),
+    "preview": Stage("astroflow.stages.report:preview", (), (*_LIGHTS, "integrate")),
+    "frame_plots": Stage("astroflow.stages.report:frame_plots", (), _LIGHTS),
     "final_image": Stage(
         "astroflow.finish:final_image",
         (
