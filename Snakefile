@@ -20,6 +20,18 @@ include: "workflow/rules/integration.smk"
 include: "workflow/rules/finish.smk"
 
 
+# seconds of work each: on a cluster they run on the submitting host, not as jobs
+localrules:
+    all,
+    reference,
+    frames_table,
+    provenance,
+    crop_area,
+    crop_channel,
+    preview,
+    frame_plots,
+
+
 rule all:
     default_target: True
     input:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -27,6 +28,17 @@ def run_snakemake(data, out, *extra, cores=2, check=True):
             f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def result_hashes(target):
+    """sha256 of every result file of a target folder (logs, timings and the rerun command,
+    which names the results folder, left out): equal for runs that must be byte-identical."""
+    skip = ("logs", "benchmarks")
+    return {
+        p.relative_to(target).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(target).rglob("*"))
+        if p.is_file() and p.relative_to(target).parts[0] not in skip and p.name != "command.txt"
+    }
 
 
 def _night(factory, name, spec):

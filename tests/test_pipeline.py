@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from astropy.io import fits
-from conftest import run_snakemake
+from conftest import result_hashes, run_snakemake
 
 from astroflow.quality import score
 from astroflow.synth import load_truth
@@ -122,7 +122,7 @@ def test_narrowband_with_few_stars_registers_every_frame(nb_night, tmp_path):
         assert fits.getheader(tmp_path / f"NGC_7000/integration/Integration_{f}.fits")["NCOMBINE"] >= 5
     # byte-identical results whatever --cores and wherever they are written
     run_snakemake(nb_night, tmp_path / "one", cores=1)
-    a, b = _outputs(tmp_path / "NGC_7000"), _outputs(tmp_path / "one/NGC_7000")
+    a, b = result_hashes(tmp_path / "NGC_7000"), result_hashes(tmp_path / "one/NGC_7000")
     assert a.keys() == b.keys() and len(a) > 40
     assert [k for k in a if a[k] != b[k]] == []
     # created with the user's umask (not mkstemp's 0600)
@@ -130,17 +130,6 @@ def test_narrowband_with_few_stars_registers_every_frame(nb_night, tmp_path):
     os.umask(umask)
     mode = (tmp_path / "NGC_7000/integration/Integration_H.fits").stat().st_mode & 0o777
     assert mode == 0o666 & ~umask
-
-
-def _outputs(target):
-    """sha256 of every result file of a target (logs, timings and the rerun command, which names
-    the results folder, left out)."""
-    skip = ("logs", "benchmarks")
-    return {
-        p.relative_to(target).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(target.rglob("*"))
-        if p.is_file() and p.relative_to(target).parts[0] not in skip and p.name != "command.txt"
-    }
 
 
 def test_osc_night_debayered_registered_and_colour_preserved(osc_night, tmp_path):

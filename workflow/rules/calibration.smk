@@ -15,6 +15,7 @@ rule master:
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.target, 3, config["integration"]["memory_mb"]),
         band_mb=config["integration"]["memory_mb"],
+        runtime=lambda wc: job_runtime(wc.target, len(master_inputs(wc))),
     params:
         spec=lambda wc: PLAN[wc.target]["masters"][wc.name],
         deps=lambda wc: master_deps(wc.target, wc.name),

@@ -1,5 +1,6 @@
 # Parse-time work: validate the config, classify every file of the night from its header, and
 # plan masters and chunks, so `snakemake -n` and `--dag` show every job of the run.
+import math
 import threading
 from pathlib import Path
 
@@ -174,6 +175,25 @@ def job_mem_mb(target, frames, band_mb=0):
     ny, nx = PLAN[target]["shape"]
     planes = 3 if PLAN[target]["osc"] else 1
     return int(JOB_BASE_MB + band_mb + frames * planes * ny * nx * 4 / 2**20)
+
+
+# Wall seconds per megapixel of frames a job handles, measured on one core at 26 MP
+# (benchmarks/speed.md: calibrate + register ~0.05, a master or the integration less); the
+# finishing rules work on the integrations (~2 s per MP and channel).
+SECONDS_PER_MP = {"frames": 0.05, "finish": 2.0}
+
+
+def job_runtime(target, frames, kind="frames"):
+    """Minutes a cluster job may run: ten times the measured pace for ``frames`` frames of the
+    target (channels for the finishing rules), at least 10 (queues round up anyway)."""
+    ny, nx = PLAN[target]["shape"]
+    planes = 3 if PLAN[target]["osc"] else 1
+    seconds = SECONDS_PER_MP[kind] * frames * planes * ny * nx / 1e6
+    return max(10, math.ceil(10 * seconds / 60))
+
+
+def filter_frames(target, filt):
+    return sum(len(PLAN[target]["chunks"][c]) for c in chunks_of(target, filt))
 
 
 def master_path(target, name):

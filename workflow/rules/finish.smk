@@ -52,6 +52,9 @@ rule gradient:
         out("{target}", "benchmarks", "gradient_{filter}.tsv")
     conda:
         "../../envs/astroflow.yaml"
+    resources:
+        mem_mb=lambda wc: job_mem_mb(wc.target, 8),
+        runtime=lambda wc: job_runtime(wc.target, 1, "finish"),
     params:
         cfg=stage_cfg("gradient"),
         code=stage_code("gradient"),
@@ -70,6 +73,11 @@ rule final_image:
         out("{target}", "benchmarks", "final_{product}.tsv")
     conda:
         "../../envs/astroflow.yaml"
+    resources:
+        mem_mb=lambda wc: job_mem_mb(wc.target, 12),
+        runtime=lambda wc: job_runtime(
+            wc.target, len(PRODUCTS[wc.target][wc.product]["channels"]), "finish"
+        ),
     params:
         spec=lambda wc: PRODUCTS[wc.target][wc.product],
         cfg=stage_cfg("final_image"),

@@ -25,6 +25,7 @@ rule integrate:
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.target, 0, config["integration"]["memory_mb"]),
         band_mb=config["integration"]["memory_mb"],
+        runtime=lambda wc: job_runtime(wc.target, filter_frames(wc.target, wc.filter)),
     params:
         cfg=stage_cfg("integrate"),
         history=stage_history("integrate"),

@@ -17,6 +17,7 @@ rule calibrate:
         "../../envs/astroflow.yaml"
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.target, 7),
+        runtime=lambda wc: job_runtime(wc.target, len(chunk_rows(wc))),
     params:
         rows=chunk_rows,
         masters_dir=lambda wc: out(wc.target, "masters"),
@@ -58,6 +59,7 @@ rule register:
         "../../envs/astroflow.yaml"
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.target, 6),
+        runtime=lambda wc: job_runtime(wc.target, len(chunk_rows(wc))),
     params:
         cfg=stage_cfg("register"),
         code=stage_code("register"),
