@@ -8,8 +8,9 @@ setup_logging(sm.log[0], sm.threads)
 final_image(
     sm.wildcards.product,
     sm.params.spec,
-    {k: v for k, v in sm.input.items() if k != "catalogue"},
+    {k: v for k, v in sm.input.items() if k != "catalogue" and not k.startswith("source_")},
     dict(sm.output.items()),
     sm.params.cfg,
     sm.params.history,
+    sm.params.sources,
 )

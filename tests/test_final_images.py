@@ -1,5 +1,6 @@
 """Finished images through the real Snakemake CLI, judged against the generated nights' truth."""
 
+import os
 import shutil
 
 import numpy as np
@@ -153,10 +154,43 @@ def test_user_edits_resume_the_run_and_bad_ones_are_named(lrgb_night, lrgb_run, 
     proc = run_snakemake(lrgb_night, out)
     assert "final_image" in proc.stdout + proc.stderr and "integrate" not in _jobs(proc)
     assert np.isfinite(fits.getdata(out / "NGC_7000/final/AutoLRGB/AutoLRGB.fits")).all()
+    # a wrong size is named before any job runs
     fits.writeto(edits / "Integration_G.fits", g[:-8, :-8], overwrite=True)
     proc = run_snakemake(lrgb_night, out, check=False)
+    assert proc.returncode != 0 and not _jobs(proc)
+    assert "Integration_G.fits: size" in proc.stdout + proc.stderr
+    (edits / "Integration_G.fits").unlink()
+
+
+def test_autocontinue_start_images_in_autointegrates_order(lrgb_night, lrgb_run, tmp_path):
+    import tifffile
+
+    out = tmp_path / "out"
+    shutil.copytree(lrgb_run.parent, out)
+    target = out / "NGC_7000"
+    edits = target / "edits"
+    edits.mkdir()
+    final = target / "final/AutoLRGB/AutoLRGB.fits"
+    made = fits.getdata(final)
+    # a stretched colour image (RGB_HT) as 16-bit TIFF: AutoLRGB combines it with its own L
+    rgb_ht = np.moveaxis(np.clip(made, 0, 1), 0, -1).copy()
+    rgb_ht[..., 0] *= 0.5  # a visible edit: half the red
+    tifffile.imwrite(edits / "RGB_HT.tif", np.round(rgb_ht * 65535).astype(np.uint16), photometric="rgb")
+    run_snakemake(lrgb_night, out)
+    header = fits.getheader(final)
+    assert header["AUTOCONT"] == "RGB_HT"
+    assert np.abs(fits.getdata(final) - made).mean() > 0.002  # the edit went into the image
+    assert "AutoContinue: RGB_HT from" in _logs(out)
+    # L_HT and RGB_HT together win over RGB_HT alone: nothing left to stretch
+    fits.writeto(edits / "L_HT.fits", np.clip(made.mean(axis=0), 0, 1))
+    run_snakemake(lrgb_night, out)
+    assert fits.getheader(final)["AUTOCONT"] == "L_HT,RGB_HT"
+    # an edit older than what it was made from is stale: an error naming it, never mixed
+    (edits / "L_HT.fits").unlink()
+    os.utime(edits / "RGB_HT.tif", (1, 1))
+    proc = run_snakemake(lrgb_night, out, "--forcerun", "gradient", check=False)
     assert proc.returncode != 0
-    assert "channel images differ in size" in proc.stdout + proc.stderr + _logs(out)
+    assert "RGB_HT.tif is stale" in proc.stdout + proc.stderr + _logs(out)
 
 
 def _jobs(proc):

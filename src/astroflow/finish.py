@@ -18,7 +18,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from . import colour, combine, enhance, palettes, platesolve, stars, stretch
+from . import colour, combine, edits, enhance, palettes, platesolve, stars, stretch
 from .io import (
     ADU_FULL_SCALE,
     add_history,
@@ -37,14 +37,33 @@ log = logging.getLogger("astroflow")
 # The final image
 
 
-def final_image(name: str, spec: dict, channel_paths: dict[str, str], outputs: dict[str, str], cfg, history):
-    """Build one final image (module doc, step 3) and write every requested format."""
+def final_image(
+    name: str,
+    spec: dict,
+    channel_paths: dict[str, str],
+    outputs: dict[str, str],
+    cfg,
+    history,
+    sources: dict[str, list[str]] | None = None,
+):
+    """Build one final image (module doc) and write every requested format.
+
+    ``channel_paths`` maps the product's channels to their files and, for a user's start images
+    (:mod:`astroflow.edits`), ``L_HT``/``RGB_HT`` (stretched) or ``RGB`` (linear colour) to
+    theirs; ``sources`` maps each edit to the generated files it was made from (a stale edit is
+    an error, never mixed with newer data).
+    """
+    for role, generated in (sources or {}).items():
+        for g in generated:
+            edits.check_fresh(channel_paths[role], g)
     chans, headers = {}, {}
     for k, p in channel_paths.items():
         img, h, _ = read_image(p)
         if not np.isfinite(img).all():
             log.warning("%s: %d non-finite pixels set to 0", p, int((~np.isfinite(img)).sum()))
         chans[k], headers[k] = np.nan_to_num(img) / np.float32(ADU_FULL_SCALE), h
+        if k in ("L_HT", "RGB_HT", "RGB") or k not in spec["channels"]:
+            log.info("AutoContinue: %s from %s", k, p)
     shapes = {v.shape[-2:] for v in chans.values()}
     if len(shapes) > 1:
         sizes = ", ".join(f"{k} {v.shape[-1]}×{v.shape[-2]}" for k, v in chans.items())
@@ -53,33 +72,50 @@ def final_image(name: str, spec: dict, channel_paths: dict[str, str], outputs: d
         )
     st, kind = cfg["stretch"], spec["kind"]
     notes: dict[str, object] = {"STRETCH": st["method"]}
+    started = [k for k in ("L_HT", "RGB_HT", "RGB") if k in chans]
+    if started:
+        notes["AUTOCONT"] = (",".join(started), "started from the user's edits")
     if kind == "mono":
-        (mono,) = chans.values()
-        linear = mono = _denoise(mono, cfg)
-        final = stretch.apply(stretch.normalise(mono, 0.0, 1.0), st["method"], st)
+        if "L_HT" in chans:
+            linear = final = chans["L_HT"]
+        else:
+            (mono,) = (v for k, v in chans.items() if k in spec["channels"])
+            linear = mono = _denoise(mono, cfg)
+            final = stretch.apply(stretch.normalise(mono, 0.0, 1.0), st["method"], st)
     elif kind == "palette":
         final, linear = _palette(spec, chans, cfg, notes)
     else:
-        if kind == "osc":
-            rgb = np.asarray(chans["RGB"], np.float32)
+        if "RGB_HT" in chans:
+            linear = final = chans["RGB_HT"]
         else:
-            if spec.get("nb_rgb"):
-                nr = cfg["narrowband_rgb"]
-                chans, mapped = combine.add_narrowband(chans, spec["nb_rgb"], nr["boost"], nr["bandwidth"])
-                notes["NBRGB"] = "; ".join(mapped)
-                for m in mapped:
-                    (log.warning if "skipped" in m else log.info)("narrowband RGB mapping: %s", m)
-            fitted = combine.fit_channels(
-                {k: chans[k] for k in RGB_FILTERS}, cfg["combination"]["linear_fit"]
-            )
-            rgb = combine.rgb(fitted["R"], fitted["G"], fitted["B"])
-        rgb = _colour(rgb, next(iter(headers.values())), cfg, notes)
-        linear = rgb = _denoise(rgb, cfg)
-        linked = st["linked"] if st["linked"] != "auto" else kind != "osc"
-        final = stretch.apply(rgb, st["method"], st, linked=bool(linked))
-        final = enhance.saturation(final, cfg["nonlinear"]["saturation"])
+            if kind == "osc":
+                rgb = np.asarray(chans["RGB"], np.float32)
+            elif "RGB" in chans:
+                rgb = np.asarray(chans["RGB"], np.float32)
+            else:
+                if spec.get("nb_rgb"):
+                    nr = cfg["narrowband_rgb"]
+                    chans, mapped = combine.add_narrowband(
+                        chans, spec["nb_rgb"], nr["boost"], nr["bandwidth"]
+                    )
+                    notes["NBRGB"] = "; ".join(mapped)
+                    for m in mapped:
+                        (log.warning if "skipped" in m else log.info)("narrowband RGB mapping: %s", m)
+                fitted = combine.fit_channels(
+                    {k: chans[k] for k in RGB_FILTERS}, cfg["combination"]["linear_fit"]
+                )
+                rgb = combine.rgb(fitted["R"], fitted["G"], fitted["B"])
+            rgb = _colour(rgb, next(iter(headers.values())), cfg, notes)
+            linear = rgb = _denoise(rgb, cfg)
+            linked = st["linked"] if st["linked"] != "auto" else kind != "osc"
+            final = stretch.apply(rgb, st["method"], st, linked=bool(linked))
+            final = enhance.saturation(final, cfg["nonlinear"]["saturation"])
         if kind == "lrgb":
-            lum_st = stretch.apply(_denoise(chans["L"], cfg), st["method"], st)
+            lum_st = (
+                chans["L_HT"]
+                if "L_HT" in chans
+                else stretch.apply(_denoise(chans["L"], cfg), st["method"], st)
+            )
             c = cfg["combination"]
             final = combine.lrgb(lum_st, final, c["lrgb_lightness"], c["lrgb_saturation"])
         if cfg["nonlinear"]["scnr"] > 0:

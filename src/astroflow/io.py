@@ -146,7 +146,15 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]
     path = Path(path)
     plain = False
     try:
-        if _is_xisf(path):
+        if path.suffix.lower() in (".tif", ".tiff"):  # a user's edit (edits/): 8/16-bit or float
+            import tifffile
+
+            raw = tifffile.imread(path)
+            header = fits.Header()
+            data = raw if raw.ndim == 2 else np.moveaxis(raw, -1, 0)
+            if raw.dtype == np.uint8:
+                data = data.astype(np.float32) * np.float32(ADU_FULL_SCALE / 255)
+        elif _is_xisf(path):
             from xisf import XISF
 
             x = XISF(str(path))

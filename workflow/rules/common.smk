@@ -8,6 +8,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from astroflow import edits
 from astroflow.classify import scan
 from astroflow.options import (
     LOCATION_KEYS,
@@ -292,14 +293,33 @@ def integration(target, filt, suffix=""):
     return out(target, "integration", f"Integration_{filt}{suffix}.fits")
 
 
-def channel_file(target, filt):
-    """The channel a final image starts from: a user's edit in OUT/<target>/edits/ wins
-    (AutoContinue), else the gradient-corrected or the cropped integration."""
-    edited = Path(out(target, "edits", f"Integration_{filt}.fits"))
-    if edited.exists():
-        return str(edited)
+def generated_channel(target, filt):
+    """The channel a final image starts from when no edit replaces it: the gradient-corrected
+    or the cropped integration."""
     stage = "_GC" if config["gradient"]["enabled"] else "_map"
     return out(target, "processed", f"Integration_{filt}{stage}.fits")
+
+
+def start_images_of(target, product):
+    """The user's edits (OUT/<target>/edits/) this final image starts from (AutoContinue)."""
+    spec = PRODUCTS[target][product]
+    return edits.start_images(
+        Path(out(target, "edits")), spec["kind"], spec["channels"]
+    )
+
+
+def edit_sources(target, product):
+    """The generated channels each start image was made from (a stale edit is an error)."""
+    channels = PRODUCTS[target][product]["channels"]
+    made_from = {
+        "RGB_HT": [c for c in channels if c in ("R", "G", "B", "RGB")],
+        "RGB": [c for c in channels if c in ("R", "G", "B", "RGB")],
+        "L_HT": [c for c in channels if c == "L"] or channels,
+    }
+    return {
+        role: [generated_channel(target, c) for c in made_from.get(role, [role])]
+        for role in start_images_of(target, product)
+    }
 
 
 def final_output(role, suffix):
@@ -332,12 +352,29 @@ def final_files(target, product):
 
 
 def final_inputs(wc):
+    spec = PRODUCTS[wc.target][wc.product]
+    starts = start_images_of(wc.target, wc.product)
+    gone = edits.replaced_channels(starts, spec["kind"], spec["channels"])
     inputs = {
-        f: channel_file(wc.target, f)
-        for f in PRODUCTS[wc.target][wc.product]["channels"]
+        c: generated_channel(wc.target, c) for c in spec["channels"] if c not in gone
     }
+    inputs.update({role: str(path) for role, path in starts.items()})
+    # what the edits were made from is brought up to date first, so a stale edit is caught
+    for role, files in edit_sources(wc.target, wc.product).items():
+        inputs.update({f"source_{role}_{k}": f for k, f in enumerate(files)})
     # a changed catalogue reruns photometric colour calibration; a missing one is reported there
     cat = config["colour"]["photometric"]["catalogue"]
     if config["colour"]["calibration"] == "photometric" and cat and Path(cat).is_file():
         inputs["catalogue"] = cat
     return inputs
+
+
+# edits of the wrong shape or size are named before any job starts
+for _target in PRODUCTS:
+    for _product in PRODUCTS[_target]:
+        try:
+            edits.validate(
+                start_images_of(_target, _product), edit_sources(_target, _product)
+            )
+        except ValueError as exc:
+            raise WorkflowError(f"{_target} {_product}: {exc}")

@@ -82,6 +82,7 @@ rule final_image:
         spec=lambda wc: PRODUCTS[wc.target][wc.product],
         cfg=stage_cfg("final_image"),
         history=stage_history("final_image"),
+        sources=lambda wc: edit_sources(wc.target, wc.product),
         code=stage_code("final_image"),
     script:
         "../../scripts/final_image.py"
