@@ -8,4 +8,5 @@ from astroflow.stages.job import setup_logging
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0], sm.threads)
 classified = pd.DataFrame(sm.params.table)
-frames_table(classified, list(sm.input.registered), sm.input.reference, sm.params.data, sm.output[0])
+reference = sm.input.reference if "reference" in sm.input.keys() else None
+frames_table(classified, list(sm.input.registered), reference, sm.params.data, sm.output[0])

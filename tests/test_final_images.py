@@ -4,6 +4,7 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from astropy.io import fits
 from conftest import run_snakemake
@@ -281,3 +282,18 @@ def test_ha_mapped_into_red_of_the_rgb_image(tmp_path):
 
     r, g, b = rgb
     assert excess(r - g) > 0 and excess(r - g) > 5 * abs(excess(g - b))
+
+
+def test_a_folder_of_stacks_made_elsewhere_runs_the_finishing_steps(lrgb_run, tmp_path):
+    data = tmp_path / "stacks"
+    data.mkdir()
+    for f in "LRGB":  # as another stacker leaves them: named by filter, FILTER in the header
+        shutil.copy(lrgb_run / f"integration/Integration_{f}.fits", data / f"Integration_{f}.fits")
+    shutil.copy(data / "Integration_R.fits", data / "masterLight_R_again.fits")
+    run_snakemake(data, tmp_path / "out")
+    target = tmp_path / "out/NGC_7000"
+    assert fits.getdata(target / "final/AutoLRGB/AutoLRGB.fits").shape[0] == 3
+    frames = pd.read_csv(target / "frames.tsv", sep="\t").set_index("path")
+    assert (frames["type"] == "integration").all()
+    assert frames.loc[[f"Integration_{f}.fits" for f in "LRGB"], "accepted"].all()
+    assert "unused" in frames.loc["masterLight_R_again.fits", "reason"]

@@ -17,11 +17,13 @@ import pandas as pd
 
 from .io import FrameError, is_image_file, read_header
 
-FRAME_TYPES = ("light", "dark", "flat", "bias", "flatdark")
+FRAME_TYPES = ("light", "dark", "flat", "bias", "flatdark", "integration")
 FILTERS = ("L", "R", "G", "B", "H", "S", "O", "RGB")
 
 _TYPE_WORDS = [
-    # order matters: "flat dark" / "dark flat" before "flat" and "dark"
+    # order matters: a stack ("Master Light") before "light"; "flat dark" / "dark flat" before
+    # "flat" and "dark"
+    (re.compile(r"master[\s_-]*light"), "integration"),
     (re.compile(r"flat[\s_-]*dark|dark[\s_-]*flat|flatdark|darkflat"), "flatdark"),
     (re.compile(r"bias|offset|zero"), "bias"),
     (re.compile(r"dark"), "dark"),
@@ -86,8 +88,15 @@ _NAME_FILTERS = [
 _SUFFIX_FILTER = re.compile(r"_([LRGBHSO])(?=[._-]|$)")
 
 
+_INTEGRATION_NAME = re.compile(r"^(Integration|masterLight)[_-]", re.IGNORECASE)
+
+
 def frame_type(header, path: str | os.PathLike) -> str | None:
-    """Canonical frame type from IMAGETYP (any common spelling), else from the folder names."""
+    """Canonical frame type from IMAGETYP (any common spelling), else from the folder names.
+    ``integration``: a stack made elsewhere (WBPP's ``masterLight_*``, AutoIntegrate's or our
+    ``Integration_<F>``, IMAGETYP ``Master Light``), which goes straight to the finishing steps."""
+    if _INTEGRATION_NAME.match(Path(path).name):
+        return "integration"
     value = str(header.get("IMAGETYP", header.get("FRAME", "")) or "").strip().lower()
     for pattern, kind in _TYPE_WORDS:
         if value and pattern.search(value):
@@ -258,7 +267,9 @@ def scan(
                         row[key] = ov[key]
                 if ov.get("type") and not row["reason"].startswith(str(path)):
                     row.update(accepted=True, reason="")
-        if row["type"] != "light":
+        if row["type"] == "integration" and row["height"] and header.get("NAXIS") == 3:
+            row["filter"] = "RGB"  # a colour stack
+        if row["type"] not in ("light", "integration"):
             row["target"] = ""
         if row["type"] in ("bias", "dark"):
             row["filter"] = ""

@@ -86,68 +86,105 @@ def build_plan(table: pd.DataFrame, cfg: dict, data_dir) -> tuple[dict, pd.DataF
 
     ``table`` comes back with columns ``bias``, ``dark``, ``flat``, ``chunk`` filled for lights,
     and ``accepted``/``reason`` updated for lights excluded by the plan (e.g. odd size).
-    ``plan`` maps target -> {"masters": {name: {...}}, "chunks": {chunk: [rows]}, "filters": [...]}.
+    ``plan`` maps target -> {"masters": {name: {...}}, "chunks": {chunk: [rows]}, "filters": [...],
+    "external": {filter: path}} (stacks made elsewhere, for filters without lights).
     """
-    cal = cfg["calibration"]
     table = table.copy()
     for col in ("bias", "dark", "flat", "chunk", "notes"):
         table[col] = ""
     ok = table["accepted"]
     lights = table[ok & (table["type"] == "light")]
-    if lights.empty:
+    stacks = table[ok & (table["type"] == "integration")]
+    if lights.empty and stacks.empty:
         raise PlanError("no usable light frames found (checked IMAGETYP and lights/ folders)")
 
     data_dir = Path(data_dir).resolve()
     rel = {i: Path(p).relative_to(data_dir).as_posix() for i, p in lights["path"].items()}
     plan: dict = {}
     for target, tlights in lights.groupby("target", sort=True):
-        # All lights of a target are registered to one reference: one size and binning.
-        geometry = tlights[["width", "height", "xbinning", "ybinning"]].astype(str).agg("x".join, axis=1)
-        main = geometry.value_counts().sort_index().idxmax()
-        odd = tlights.index[geometry != main]
-        for idx in odd:
-            r = table.loc[idx]
-            table.loc[idx, ["accepted", "reason"]] = [
-                False,
-                f"size {r.width}x{r.height} bin {r.xbinning}x{r.ybinning} differs from the target's "
-                f"{main.replace('x', ' ', 2)} frames",
-            ]
-        tlights = tlights.drop(index=odd)
-        osc = bool(tlights["bayer"].fillna("").astype(str).ne("").any())
-        masters = _plan_masters(table, tlights, cal, osc)
-        chunks: dict[str, list[dict]] = {}
-        filters = sorted(tlights["filter"].unique(), key=lambda f: ("LRGBHSO RGB".find(f), f))
-        for filt in filters:
-            flights = tlights[tlights["filter"] == filt].sort_values("path")
-            # chunks of equal size so parallel jobs end together
-            megapixels = float(flights["width"].iloc[0]) * float(flights["height"].iloc[0]) / 1e6
-            n_chunks = chunk_count(len(flights), megapixels, cfg["batch_size"])
-            names = [f"{filt}_{chunk_key(rel[i], n_chunks):03d}" for i in flights.index]
-            for name in sorted(set(names)):
-                part = flights.index[[n == name for n in names]]
-                table.loc[part, "chunk"] = name
-                chunks[name] = [_light_row(table.loc[i], rel[i]) for i in part]
-        first = tlights.iloc[0]
+        plan[target] = _plan_lights(table, tlights, rel, cfg)
+    for target in sorted(set(stacks["target"]) - set(plan)):
+        first = stacks[stacks["target"] == target].iloc[0]
         plan[target] = {
-            "masters": masters["masters"],
-            "chunks": chunks,
-            "filters": filters,
-            "reference_filter": reference_filter(filters, cfg["registration"]["reference_filter"]),
-            # (ny, nx) of the lights and whether they are one-shot colour: sets jobs' memory
+            "masters": {},
+            "chunks": {},
+            "filters": [],
+            "reference_filter": None,  # nothing to register
             "shape": [int(first["height"]), int(first["width"])],
-            "osc": osc,
+            "osc": first["filter"] == "RGB",
+            "external": {},
         }
-        for idx, names in masters["per_light"].items():
-            for kind, name in names.items():
-                table.loc[idx, kind] = name
-            notes = masters["notes"].get(idx)
-            if notes:
-                table.loc[idx, "notes"] = "; ".join(notes)
-        by_path = table.set_index("path")
-        for chunk in chunks.values():
-            for row in chunk:
-                row.update({k: by_path.at[row["source"], k] for k in ("bias", "dark", "flat")})
+    # stacks made elsewhere go straight to the finishing steps, for filters without lights
+    for idx, stack in stacks.sort_values("path").iterrows():
+        target, filt = plan[stack["target"]], stack["filter"]
+        if filt in target["external"]:
+            reason = f"unused: {Path(target['external'][filt]).name} is the integration of filter {filt}"
+        elif filt in target["filters"]:
+            reason = f"unused: the lights of filter {filt} are integrated instead"
+        else:
+            target["external"][filt] = stack["path"]
+            target["filters"] = sorted([*target["filters"], filt], key=_filter_order)
+            continue
+        table.loc[idx, ["accepted", "reason"]] = [False, reason]
     return plan, table
+
+
+def _filter_order(f: str):
+    return ("LRGBHSO RGB".find(f), f)
+
+
+def _plan_lights(table: pd.DataFrame, tlights: pd.DataFrame, rel: dict, cfg: dict) -> dict:
+    """A target's plan from its lights (masters, chunks, filters); fills ``table``'s matching
+    columns and excludes lights of another size."""
+    cal = cfg["calibration"]
+    # All lights of a target are registered to one reference: one size and binning.
+    geometry = tlights[["width", "height", "xbinning", "ybinning"]].astype(str).agg("x".join, axis=1)
+    main = geometry.value_counts().sort_index().idxmax()
+    odd = tlights.index[geometry != main]
+    for idx in odd:
+        r = table.loc[idx]
+        table.loc[idx, ["accepted", "reason"]] = [
+            False,
+            f"size {r.width}x{r.height} bin {r.xbinning}x{r.ybinning} differs from the target's "
+            f"{main.replace('x', ' ', 2)} frames",
+        ]
+    tlights = tlights.drop(index=odd)
+    osc = bool(tlights["bayer"].fillna("").astype(str).ne("").any())
+    masters = _plan_masters(table, tlights, cal, osc)
+    chunks: dict[str, list[dict]] = {}
+    filters = sorted(tlights["filter"].unique(), key=_filter_order)
+    for filt in filters:
+        flights = tlights[tlights["filter"] == filt].sort_values("path")
+        # chunks of equal size so parallel jobs end together
+        megapixels = float(flights["width"].iloc[0]) * float(flights["height"].iloc[0]) / 1e6
+        n_chunks = chunk_count(len(flights), megapixels, cfg["batch_size"])
+        names = [f"{filt}_{chunk_key(rel[i], n_chunks):03d}" for i in flights.index]
+        for name in sorted(set(names)):
+            part = flights.index[[n == name for n in names]]
+            table.loc[part, "chunk"] = name
+            chunks[name] = [_light_row(table.loc[i], rel[i]) for i in part]
+    first = tlights.iloc[0]
+    result = {
+        "masters": masters["masters"],
+        "chunks": chunks,
+        "filters": filters,
+        "reference_filter": reference_filter(filters, cfg["registration"]["reference_filter"]),
+        # (ny, nx) of the lights and whether they are one-shot colour: sets jobs' memory
+        "shape": [int(first["height"]), int(first["width"])],
+        "osc": osc,
+        "external": {},  # filter -> a stack made elsewhere (build_plan)
+    }
+    for idx, names in masters["per_light"].items():
+        for kind, name in names.items():
+            table.loc[idx, kind] = name
+        notes = masters["notes"].get(idx)
+        if notes:
+            table.loc[idx, "notes"] = "; ".join(notes)
+    by_path = table.set_index("path")
+    for chunk in chunks.values():
+        for row in chunk:
+            row.update({k: by_path.at[row["source"], k] for k in ("bias", "dark", "flat")})
+    return result
 
 
 AUTO_BATCH_MEGAPIXELS = 384  # pixels per calibrate/register job with batch_size: auto

@@ -252,6 +252,23 @@ def calibrate_inputs(wildcards):
     }
 
 
+def integrate_inputs(wc):
+    """The filter's registered chunks, or the stack made elsewhere that stands for them."""
+    external = PLAN[wc.target]["external"].get(wc.filter)
+    if external:
+        return [external]
+    return [out(wc.target, "registered", c) for c in chunks_of(wc.target, wc.filter)]
+
+
+def frames_table_inputs(wc):
+    inputs = {
+        "registered": [out(wc.target, "registered", c) for c in chunks_of(wc.target)]
+    }
+    if PLAN[wc.target]["reference_filter"]:
+        inputs["reference"] = out(wc.target, "reference.json")
+    return inputs
+
+
 def reference_chunks(wildcards):
     """Calibrated chunks of the reference filter: the reference is chosen among them."""
     plan = PLAN[wildcards.target]

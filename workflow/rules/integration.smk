@@ -3,9 +3,7 @@
 
 rule integrate:
     input:
-        lambda wc: [
-            out(wc.target, "registered", c) for c in chunks_of(wc.target, wc.filter)
-        ],
+        integrate_inputs,
     output:
         image=out("{target}", "integration", "Integration_{filter}.fits"),
         rejection_low=out(
@@ -27,6 +25,7 @@ rule integrate:
         band_mb=config["integration"]["memory_mb"],
         runtime=lambda wc: job_runtime(wc.target, filter_frames(wc.target, wc.filter)),
     params:
+        external=lambda wc: PLAN[wc.target]["external"].get(wc.filter, ""),
         cfg=stage_cfg("integrate"),
         history=stage_history("integrate"),
         code=stage_code("integrate"),
@@ -36,10 +35,7 @@ rule integrate:
 
 rule frames_table:
     input:
-        registered=lambda wc: [
-            out(wc.target, "registered", c) for c in chunks_of(wc.target)
-        ],
-        reference=out("{target}", "reference.json"),
+        unpack(frames_table_inputs),
     output:
         report(
             out("{target}", "frames.tsv"),

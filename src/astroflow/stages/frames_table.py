@@ -17,19 +17,23 @@ def frames_table(classified, registered_dirs: list[str], reference_json, data_di
     """
     import pandas as pd
 
-    tables = [pd.read_csv(Path(d) / "registration.tsv", sep="\t") for d in registered_dirs]
-    done = pd.concat(tables, ignore_index=True).drop(columns=["exptime", "reference"])
-    done = done.rename(columns={"reason": "calibration_reason", "file": "calibrated"})
     data_dir = Path(data_dir).resolve()
     table = classified.assign(path=[Path(p).relative_to(data_dir).as_posix() for p in classified["path"]])
-    table = table.merge(done, on="path", how="left")
-    table["reference"] = table["path"] == json.loads(Path(reference_json).read_text())["path"]
+    tables = [pd.read_csv(Path(d) / "registration.tsv", sep="\t") for d in registered_dirs]
+    if tables:  # a target of stacks made elsewhere has none
+        done = pd.concat(tables, ignore_index=True).drop(columns=["exptime", "reference"])
+        done = done.rename(columns={"reason": "calibration_reason", "file": "calibrated"})
+        table = table.merge(done, on="path", how="left")
+    ref = json.loads(Path(reference_json).read_text())["path"] if reference_json else None
+    table["reference"] = table["path"] == ref
     lights = (table["type"] == "light") & table["accepted"]
     for col in ("calibration_reason", "reg_reason"):
+        if col not in table:
+            continue
         problem = lights & table[col].fillna("").astype(str).ne("")
         table.loc[problem, "reason"] = table.loc[problem, col]
         table.loc[problem, "accepted"] = False
         lights &= ~problem
-    table = table.drop(columns=["calibration_reason", "reg_reason", "status", "reg_status"])
+    table = table.drop(columns=["calibration_reason", "reg_reason", "status", "reg_status"], errors="ignore")
     write_frame(table, Path(out))
     return table

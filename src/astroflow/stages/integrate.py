@@ -104,3 +104,36 @@ def integrate(
             w_hi.write_rows(y0, squeeze(rej_hi))
             w_cov.write_rows(y0, coverage)
     return {"frames": n, "rejection": method, "reference": ok[ref]["path"]}
+
+
+def adopt(path, filt: str, outputs: dict, history: list[str]) -> None:
+    """Take a stack made elsewhere (WBPP, Siril, AutoIntegrate) as the filter's integration:
+    the image as it is, a coverage map of its NCOMBINE (1 if unknown) everywhere, so the common
+    area is the whole image, and empty rejection maps."""
+    from ..io import read_image
+
+    image, header, _ = read_image(path)
+    h = fits.Header()
+    for card in header.cards:
+        if (
+            card.keyword
+            and card.keyword not in ("SIMPLE", "BITPIX", "EXTEND", "BZERO", "BSCALE")
+            and not card.keyword.startswith("NAXIS")
+        ):
+            h.append(card)
+    h["FILTER"] = filt
+    h["IMAGETYP"] = "Master light"
+    h["HISTORY"] = f"integration made elsewhere: {Path(path).name}"[:70]
+    add_history(h, history)
+    frames = np.float32(header.get("NCOMBINE", 1) or 1)
+    with (
+        FitsWriter(outputs["image"], image.shape, h) as w_image,
+        FitsWriter(outputs["rejection_low"], image.shape, h) as w_lo,
+        FitsWriter(outputs["rejection_high"], image.shape, h) as w_hi,
+        FitsWriter(outputs["coverage"], image.shape[-2:], h) as w_cov,
+    ):
+        w_image.write_rows(0, image)
+        zeros = np.zeros(image.shape, np.float32)
+        w_lo.write_rows(0, zeros)
+        w_hi.write_rows(0, zeros)
+        w_cov.write_rows(0, np.full(image.shape[-2:], frames, np.float32))

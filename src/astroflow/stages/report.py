@@ -47,6 +47,9 @@ def frame_plots(frames_tsv, svg_out) -> None:
 
     frames = pd.read_csv(frames_tsv, sep="\t")
     lights = frames[frames["type"] == "light"].sort_values("path").reset_index(drop=True)
+    for col in ("noise_0", "scale_0", *METRICS):  # a target of stacks made elsewhere has no lights
+        if col not in lights:
+            lights[col] = np.nan
     ok = lights["noise_0"].notna() & lights["scale_0"].notna()
     lights["weight"] = np.nan
     for _, group in lights[ok].groupby("filter"):
@@ -56,7 +59,7 @@ def frame_plots(frames_tsv, svg_out) -> None:
     x = np.arange(len(lights))
     excluded = ~lights["accepted"].astype(bool)
     for ax, (col, label) in zip(axes, METRICS.items(), strict=True):
-        values = pd.to_numeric(lights.get(col), errors="coerce")
+        values = pd.to_numeric(lights[col], errors="coerce")
         for filt, group in lights.groupby("filter"):
             ax.plot(x[group.index], values[group.index], "o-", ms=3, lw=0.8, label=filt)
         if excluded.any():
