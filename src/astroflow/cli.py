@@ -1,5 +1,6 @@
-"""Command line: ``astroflow make-sample`` (synthetic night), ``astroflow score`` (vs truth) and
-``astroflow compile`` (numba kernels into their cache)."""
+"""Command line: ``astroflow make-sample`` (synthetic night), ``astroflow score`` (vs truth),
+``astroflow compile`` (numba kernels into their cache) and ``astroflow config-docs`` (the option
+tables of config/README.md from the schema)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,19 @@ def _compile(args) -> int:
     return 0
 
 
+def _config_docs(args) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from .options import SCHEMA_PATH, update_readme
+
+    readme = Path(args.readme)
+    readme.write_text(update_readme(readme.read_text(), yaml.safe_load(SCHEMA_PATH.read_text())))
+    print(f"astroflow: option tables of {readme} regenerated from {SCHEMA_PATH}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="astroflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"astroflow {__version__}")
@@ -81,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("compile", help="compile the numba kernels into their cache (make install does)")
     p.set_defaults(func=_compile)
+
+    p = sub.add_parser("config-docs", help="regenerate config/README.md's option tables from the schema")
+    p.add_argument("--readme", default="config/README.md")
+    p.set_defaults(func=_config_docs)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -158,3 +158,67 @@ def ordered(cfg: dict, like: dict) -> dict:
         else cfg[k]
         for k in keys
     }
+
+
+SCHEMA_PATH = PACKAGE_DIR.parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+# config/README.md's two option tables: where the frames go, and the finishing steps
+DOC_TABLES = {
+    "front": ("data", "out", "batch_size", "osc", "bayer_pattern", "overrides", "calibration",
+              "cosmetic", "debayer", "registration", "integration"),
+}  # fmt: skip
+
+
+def _format_default(value) -> str:
+    import json
+
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"`{value}`" if value else '`""`'
+    if isinstance(value, (dict, list)):
+        return json.dumps(value).replace('"', "")
+    return str(value)
+
+
+def option_rows(schema: dict, prefix: str = "") -> list[tuple[str, object, str]]:
+    """``(option, default, description)`` of every documented option of ``schema``, in its
+    order: a node with a description whose children have none (or no children) is one option."""
+    rows = []
+    for key, node in schema.get("properties", {}).items():
+        name = f"{prefix}{key}"
+        children = node.get("properties", {})
+        if children and all("description" in c for c in children.values()):
+            rows += option_rows(node, name + ".")
+        elif children and "description" not in node:
+            rows += option_rows(node, name + ".")
+        else:
+            default = node.get("default")
+            if children and default == {}:
+                default = {k: c.get("default") for k, c in children.items()}
+            rows.append((name, default, node.get("description", "")))
+    return rows
+
+
+def option_tables(schema: dict) -> dict[str, str]:
+    """The markdown option tables of config/README.md, generated from the schema (the one place
+    every default and its meaning live): ``front`` and ``finish`` (everything else)."""
+    front = DOC_TABLES["front"]
+    groups: dict[str, list[str]] = {"front": [], "finish": []}
+    for name, default, desc in option_rows(schema):
+        group = "front" if name.split(".")[0] in front else "finish"
+        groups[group].append(f"| `{name}` | {_format_default(default)} | {desc} |")
+    head = "| option | default | meaning |\n|---|---|---|\n"
+    return {g: head + "\n".join(lines) + "\n" for g, lines in groups.items()}
+
+
+def update_readme(readme: str, schema: dict) -> str:
+    """``readme`` with the text between ``<!-- options:NAME -->`` and ``<!-- /options -->``
+    replaced by the generated table NAME."""
+    import re
+
+    for name, table in option_tables(schema).items():
+        pattern = re.compile(rf"(<!-- options:{name} -->\n).*?(<!-- /options -->)", re.S)
+        readme = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(2), readme)
+    return readme

@@ -100,3 +100,19 @@ STAGES: dict[str, Stage] = {
         _CHANNELS,
     ),
 }
+
+# Options read when the workflow is planned (classification, masters, chunks, which images to
+# make) or sized (resources), not by a stage: a change reaches jobs through the plan.
+PLAN_OPTIONS = (
+    "data",
+    "out",
+    "batch_size",
+    "osc",
+    "bayer_pattern",
+    "overrides",
+    "calibration.dark_temperature_tolerance",
+    "calibration.dark_scaling",
+    "registration.reference_filter",
+    "integration.memory_mb",
+    "gradient.enabled",
+)
