@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -81,27 +82,34 @@ def _normalised(tree: ast.Module) -> str:
     return ast.dump(tree)
 
 
+@functools.cache
+def _module_code(name: str) -> tuple[str, tuple[str, ...]]:
+    """Digest of a module's normalised code and the astroflow modules it imports (parsed once)."""
+    path = _module_file(name)
+    tree = ast.parse(path.read_text())
+    imports = tuple(sorted(_imports(name, tree, path.name == "__init__.py")))
+    return hashlib.sha256(_normalised(tree).encode()).hexdigest(), imports
+
+
 def code_modules(module: str) -> list[str]:
     """``module`` and every astroflow module it imports, transitively, sorted."""
     todo, seen = [module], set()
     while todo:
         name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        path = _module_file(name)
-        todo += _imports(name, ast.parse(path.read_text()), path.name == "__init__.py")
+        if name not in seen:
+            seen.add(name)
+            todo += _module_code(name)[1]
     return sorted(seen)
 
 
+@functools.cache
 def code_hash(module: str) -> str:
     """Short hash of the code ``module`` runs (:func:`code_modules`), blind to comments, layout
     and docstrings: a rule carries it in ``params:``, so only a real change to code a stage uses
     reruns that stage's jobs."""
     h = hashlib.sha256()
     for name in code_modules(module):
-        h.update(name.encode())
-        h.update(_normalised(ast.parse(_module_file(name).read_text())).encode())
+        h.update(f"{name}:{_module_code(name)[0]}".encode())
     return h.hexdigest()[:12]
 
 

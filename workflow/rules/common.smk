@@ -26,7 +26,7 @@ from astroflow.runlock import RunLockError, claim, release
 from astroflow.stages import STAGES
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
-config.update(coerce(config, yaml.safe_load(open(SCHEMA))))
+config.update(coerce(config, yaml.load(open(SCHEMA), Loader=yaml.CSafeLoader)))
 validate(config, SCHEMA)
 DEFAULTS = {}
 validate(DEFAULTS, SCHEMA)
