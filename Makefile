@@ -36,7 +36,7 @@ demo: $(VENV)/.installed $(SAMPLE)/truth/truth.json
 
 # the self-contained HTML report of the demo run (final images, integrations, per-frame plots)
 report: demo
-	$(BIN)/snakemake --cores 1 --report $(RESULTS)/report.html --config data=$(SAMPLE) out=$(RESULTS)
+	$(BIN)/snakemake --cores 1 --report report.html --config data=$(SAMPLE) out=$(RESULTS)  # into the results folder
 	@echo "Report: $(RESULTS)/report.html"
 
 test: $(VENV)/.installed
