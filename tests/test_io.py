@@ -79,3 +79,12 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         write_fits(target, np.zeros((4, 4), np.uint8))
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.fits"]
+
+
+def test_per_frame_columns_are_declared_once():
+    from astroflow import records
+
+    assert records.per_channel("noise", 2) == "noise_2" and "noise_2" in records.MEASURE
+    with pytest.raises(KeyError, match="declare them"):
+        records.check({"path": "a.fits", "fhwm": 2.0}, records.MEASURE)
+    assert not set(records.MEASURE) & set(records.REGISTRATION)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, cosmetic, measure
+from .. import __version__, cosmetic, measure, records
 from ..calibrate import calibrate_light
 from ..io import FrameError, atomic_path, read_extension, read_image, write_fits
 from ..tables import write_tsv
@@ -44,15 +44,9 @@ def calibrate(rows: list[dict], masters_dir, out_dir, cfg: dict) -> None:
         return cache[name]
 
     cc, det = cfg["cosmetic"], cfg["registration"]
-    records, stars_out = [], {}
+    rows_out, stars_out = [], {}
     for row in rows:
-        rec = {
-            "path": row["path"],
-            "exptime": row["exptime"],
-            "file": "",
-            "status": "excluded",
-            "reason": "",
-        }
+        rec = records.measure_record(row["path"], row["exptime"])
         try:
             raw, header, _ = read_image(row["source"])
             if raw.ndim != 2:
@@ -121,15 +115,12 @@ def calibrate(rows: list[dict], masters_dir, out_dir, cfg: dict) -> None:
                 {k: v for k, v in stats.as_dict().items() if k not in ("background", "scale", "noise")}
             )
             for c, st in enumerate(per_channel):
-                rec[f"background_{c}"], rec[f"scale_{c}"], rec[f"noise_{c}"] = (
-                    st.background,
-                    st.scale,
-                    st.noise,
-                )
+                for kind in records.PER_CHANNEL:
+                    rec[records.per_channel(kind, c)] = getattr(st, kind)
         except FrameError as exc:
             rec["reason"] = str(exc)
             log.error("excluded %s", exc)
-        records.append(rec)
+        rows_out.append(rec)
     with atomic_path(out_dir / "stars.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **stars_out)
-    write_tsv(records, out_dir / "measure.tsv")
+    write_tsv([records.check(r, records.MEASURE) for r in rows_out], out_dir / "measure.tsv")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .. import records
 from ..io import FitsRows, FitsWriter, add_history, copy_wcs, read_header
 from ..tables import number, read_chunk_tables
 
@@ -30,9 +31,13 @@ def integrate(
         raise RuntimeError(f"filter {filt}: no frame could be calibrated and registered (see frames.tsv)")
     ic = cfg["integration"]
     n = len(ok)
-    channels = sum(1 for c in range(3) if all(r.get(f"scale_{c}") is not None for r in ok))
+    channels = sum(
+        1
+        for c in range(records.CHANNELS)
+        if all(r.get(records.per_channel("scale", c)) is not None for r in ok)
+    )
     noise, scale, loc = (
-        np.array([[number(r[f"{k}_{c}"]) for c in range(channels)] for r in ok])
+        np.array([[number(r[records.per_channel(k, c)]) for c in range(channels)] for r in ok])
         for k in ("noise", "scale", "background")
     )
     w = lib.frame_weights(noise, scale, ic["weights"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import measure
+from .. import measure, records
 from ..io import FrameError, atomic_path, copy_wcs, read_header, read_image, write_fits
 from ..tables import number, read_chunk_tables, read_tsv, write_tsv
 
@@ -136,4 +136,5 @@ def register(calibrated_dir, reference_dirs: list[str], out_dir, cfg: dict) -> N
         except (reg_lib.RegistrationError, FrameError) as exc:
             rec["reg_reason"] = f"{row['path']}: cannot register: {exc}"
             log.error("excluded %s", rec["reg_reason"])
-    write_tsv(rows, out_dir / "registration.tsv")
+    columns = {**records.MEASURE, **records.REGISTRATION}
+    write_tsv([records.check(r, columns) for r in rows], out_dir / "registration.tsv")

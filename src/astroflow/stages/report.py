@@ -7,12 +7,13 @@ import numpy as np
 
 from .. import stretch
 from ..io import ADU_FULL_SCALE, atomic_path, read_image, write_8bit
+from ..records import per_channel
 
 # frames.tsv columns plotted per frame, with their axis labels
 METRICS = {
     "fwhm": "FWHM [px]",
     "stars": "stars",
-    "background_0": "background [ADU]",
+    per_channel("background", 0): "background [ADU]",
     "snr": "SNR",
     "weight": "weight",
 }
@@ -47,13 +48,14 @@ def frame_plots(frames_tsv, svg_out) -> None:
 
     frames = pd.read_csv(frames_tsv, sep="\t")
     lights = frames[frames["type"] == "light"].sort_values("path").reset_index(drop=True)
-    for col in ("noise_0", "scale_0", *METRICS):  # a target of stacks made elsewhere has no lights
+    noise, scale = per_channel("noise", 0), per_channel("scale", 0)
+    for col in (noise, scale, *METRICS):  # a target of stacks made elsewhere has no lights
         if col not in lights:
             lights[col] = np.nan
-    ok = lights["noise_0"].notna() & lights["scale_0"].notna()
+    ok = lights[noise].notna() & lights[scale].notna()
     lights["weight"] = np.nan
     for _, group in lights[ok].groupby("filter"):
-        w = frame_weights(group[["noise_0"]].to_numpy(), group[["scale_0"]].to_numpy(), "noise")
+        w = frame_weights(group[[noise]].to_numpy(), group[[scale]].to_numpy(), "noise")
         lights.loc[group.index, "weight"] = w
     fig, axes = plt.subplots(len(METRICS), 1, figsize=(9, 1.8 * len(METRICS)), sharex=True)
     x = np.arange(len(lights))
