@@ -103,6 +103,19 @@ def test_integration_option_reruns_integration_and_after(setup):
     assert jobs == {"integrate[L]", "integrate[R]"} | after | FINISH
 
 
+def one_chunk_of_r(chunk):
+    """What a changed light of R reruns: its chunk, R's integration and what depends on it."""
+    after = {
+        "integrate[R]",
+        "preview[R]",
+        "frames_table",
+        "frame_plots",
+        "provenance",
+        "final_image[AutoMono]",
+    }
+    return {f"calibrate[{chunk}]", f"register[{chunk}]"} | after | FINISH
+
+
 def _light(data, filt, i):
     return data / f"lights/{filt}/NGC7000_Light_{filt}_120s_{i:04d}.fits"
 
@@ -122,15 +135,7 @@ def test_one_new_light_reruns_its_chunk_and_its_filter_only(setup):
     chunks = {j[len("calibrate[") : -1] for j in jobs if j.startswith("calibrate[")}
     assert len(chunks) == 1 and next(iter(chunks)).startswith("R_"), jobs
     chunk = chunks.pop()
-    after = {
-        "integrate[R]",
-        "preview[R]",
-        "frames_table",
-        "frame_plots",
-        "provenance",
-        "final_image[AutoMono]",
-    }
-    assert jobs == {f"calibrate[{chunk}]", f"register[{chunk}]"} | after | FINISH
+    assert jobs == one_chunk_of_r(chunk)
 
 
 def test_a_replaced_light_with_an_older_mtime_is_reprocessed(setup):
@@ -146,15 +151,7 @@ def test_a_replaced_light_with_an_older_mtime_is_reprocessed(setup):
         light.write_bytes(saved)
         os.utime(light, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     chunk = next(r["chunk"] for r in _frames(out) if r["path"].endswith(light.name))
-    after = {
-        "integrate[R]",
-        "preview[R]",
-        "frames_table",
-        "frame_plots",
-        "provenance",
-        "final_image[AutoMono]",
-    }
-    assert jobs == {f"calibrate[{chunk}]", f"register[{chunk}]"} | after | FINISH
+    assert jobs == one_chunk_of_r(chunk)
 
 
 def _frames(out):
