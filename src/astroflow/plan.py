@@ -188,6 +188,7 @@ def _plan_lights(table: pd.DataFrame, tlights: pd.DataFrame, rel: dict, cfg: dic
 
 
 AUTO_BATCH_MEGAPIXELS = 384  # pixels per calibrate/register job with batch_size: auto
+BALANCE_MEGAPIXELS = 128  # above this per job, auto makes 4 jobs: hashed chunks are uneven
 
 
 def chunk_count(n_frames: int, megapixels: float, batch_size) -> int:
@@ -196,10 +197,16 @@ def chunk_count(n_frames: int, megapixels: float, batch_size) -> int:
     ``batch_size`` lights per job, or ``"auto"``: about ``AUTO_BATCH_MEGAPIXELS`` of frames per
     job (10 frames of 26 MP, 500 of 0.07 MP: a job's ~1 s start-up is then small against its
     work), at least 2 jobs so two cores share the work, and an even number so they end together.
+    Lights go to chunks by a hash of their path (:func:`chunk_key`), so chunks are uneven (20
+    lights split 12/8 as often as not); where jobs are long (over ``BALANCE_MEGAPIXELS`` each) at
+    least 4 are made, which two cores share far more evenly.
     """
     if batch_size != "auto":
         return -(-n_frames // int(batch_size))
-    k = max(-(-int(n_frames * megapixels) // AUTO_BATCH_MEGAPIXELS), min(2, n_frames))
+    total = n_frames * megapixels
+    k = max(-(-int(total) // AUTO_BATCH_MEGAPIXELS), min(2, n_frames))
+    if total > 2 * BALANCE_MEGAPIXELS:
+        k = max(k, 4)
     return min(n_frames, k + k % 2) if k > 1 else k
 
 
