@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .numerics import mad_sigma
+
 MODELS = ("polynomial", "rbf")
 
 
@@ -36,12 +38,12 @@ def sample_grid(plane: np.ndarray, samples_per_row: int = 16, star_sigma: float 
             v = v[np.isfinite(v)]
             if v.size < 16:
                 continue
-            med, sd = np.median(v), 1.4826 * np.median(np.abs(v - np.median(v)))
+            med, sd = np.median(v), mad_sigma(v)
             for _ in range(3):  # clip stars (and hot residue) out of the box
                 keep = np.abs(v - med) < star_sigma * max(sd, 1e-12)
                 if keep.sum() < 16:
                     break
-                med, sd = np.median(v[keep]), 1.4826 * np.median(np.abs(v[keep] - np.median(v[keep])))
+                med, sd = np.median(v[keep]), mad_sigma(v[keep])
             pts.append((x, y))
             vals.append(med)
             noise.append(sd)
@@ -101,7 +103,7 @@ def fit_model(
         usable = keep
         for _ in range(20):
             resid = vals - evaluate(keep, sx, sy, model)
-            scatter = max(1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep]))), floor)
+            scatter = max(mad_sigma(resid[keep]), floor)
             # one-sided against nebulosity (positive), two-sided against bad boxes
             new = (usable if reentrant else keep) & (resid < reject_sigma * scatter)
             new &= resid > -3 * reject_sigma * scatter

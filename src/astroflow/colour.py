@@ -26,6 +26,7 @@ import sep
 
 from .background import sample_grid
 from .measure import detect_stars
+from .numerics import mad_sigma
 
 
 def background_levels(rgb: np.ndarray, samples_per_row: int = 16, fraction: float = 0.25) -> np.ndarray:
@@ -229,6 +230,6 @@ def calibrate_photometric(
     measured = flux[use] / flux[use][:, 1:2]
     gains = np.median(predicted / measured, axis=0)
     resid = 2.5 * np.log10(measured * gains / predicted)
-    scatter = 1.4826 * np.median(np.abs(resid - np.median(resid, axis=0)), axis=0)
+    scatter = mad_sigma(resid, axis=0)
     info = {"stars": int(use.sum()), "scatter_mag": [float(v) for v in scatter[[0, 2]]]}
     return _apply_gains(rgb, gains), gains, info

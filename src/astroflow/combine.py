@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .numerics import mad_sigma
 from .stretch import mtf
 
 LINEAR_FIT_REFERENCES = ("auto", "min", "max", "R", "G", "B", "none")
@@ -30,8 +31,7 @@ def linear_fit(image: np.ndarray, reference: np.ndarray, clip_high: float = 0.92
 
     x, y = binned(image), binned(reference)
     bx, by = float(np.median(x)), float(np.median(y))
-    sx = 1.4826 * float(np.median(np.abs(x - bx)))
-    sy = 1.4826 * float(np.median(np.abs(y - by)))
+    sx, sy = float(mad_sigma(x, bx)), float(mad_sigma(y, by))
     sel = (x - bx > 5 * sx) & (y - by > 5 * sy) & (x < clip_high * x.max()) & (y < clip_high * y.max())
     b = float(np.median((y[sel] - by) / (x[sel] - bx))) if sel.sum() >= 50 else 1.0
     a = by - b * bx

@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 
 from .measure import finite_or_median, finite_sample
+from .numerics import mad_sigma
 
 HOT, COLD = 1, 2
 DEFECTS = "DEFECTS"  # FITS extension of a master dark or flat holding its defect map (these codes)
@@ -42,7 +43,7 @@ def _robust_sigma(values: np.ndarray) -> float:
     v = finite_sample(values)
     if v.size == 0:
         return 0.0
-    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+    return float(mad_sigma(v))
 
 
 def _median(plane: np.ndarray, size: int) -> np.ndarray:

@@ -18,10 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from .measure import noise_sigma
+from .numerics import B3, LAYER_NOISE, mad_sigma
 
-_B3 = np.array([1, 4, 6, 4, 1], np.float32) / 16
-# noise of white Gaussian noise in each à trous layer (sigma = 1), B3 spline, layers 1..5
-_LAYER_NOISE = (0.8907, 0.2007, 0.0856, 0.0413, 0.0205)
 # AutoIntegrate MLT presets (peers.md §1.2.7): per layer (threshold sigma, amount); iterations dropped
 NOISE_PRESETS = {
     0: [],
@@ -40,7 +38,7 @@ def atrous(plane: np.ndarray, layers: int) -> list[np.ndarray]:
     out, c = [], np.asarray(plane, np.float32)
     for j in range(layers):
         k = np.zeros(4 * 2**j + 1, np.float32)
-        k[:: 2**j] = _B3
+        k[:: 2**j] = B3
         s = ndimage.convolve1d(ndimage.convolve1d(c, k, axis=0, mode="mirror"), k, axis=1, mode="mirror")
         out.append(c - s)
         c = s
@@ -68,7 +66,7 @@ def noise_reduction(image: np.ndarray, strength: int = 3, use_mask: bool = True)
         sigma = noise_sigma(p)
         layers = atrous(p, len(preset))
         for j, (thr, amount) in enumerate(preset):
-            t = thr * sigma * _LAYER_NOISE[j]
+            t = thr * sigma * LAYER_NOISE[j]
             w = layers[j]
             soft = np.sign(w) * np.maximum(np.abs(w) - t, 0)
             layers[j] = (1 - amount) * w + amount * soft
@@ -165,7 +163,7 @@ def saturation(rgb: np.ndarray, steps: int = 1, chroma_blur: float = 1.5) -> np.
         scale = np.where(chroma > 1e-6, 128 * c / np.maximum(chroma, 1e-6), 1)
         lum = ndimage.gaussian_filter(np.asarray(rgb, np.float32).mean(axis=0), 2)
         bg = float(np.median(lum))
-        noise = 1.4826 * float(np.median(np.abs(lum - bg)))
+        noise = float(mad_sigma(lum, bg))
         mask = np.clip((lum - bg - 3 * noise) / 0.2, 0, 1)
         lab[..., 1:] *= (1 + mask * (scale - 1))[..., None].astype(np.float32)
     return from_lab(lab)

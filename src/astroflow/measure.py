@@ -12,9 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import sep
 
-# B3-spline à trous: the first wavelet layer keeps this fraction of Gaussian white noise sigma.
-_B3 = np.array([1, 4, 6, 4, 1], np.float32) / 16
-_LAYER1_NOISE = 0.8907
+from .numerics import B3, LAYER_NOISE, mad_sigma
 
 
 def finite_sample(values: np.ndarray, size: int = 1_000_000) -> np.ndarray:
@@ -54,7 +52,7 @@ def noise_sigma(image: np.ndarray, clip: float = 3.0, iterations: int = 5) -> fl
     for y0, y1 in bands:
         ya, yb = max(0, y0 - 2), min(h, y1 + 2)
         part = np.ascontiguousarray(finite_or_median(img[ya:yb]))
-        smooth = cv2.sepFilter2D(part, cv2.CV_32F, _B3, _B3, borderType=cv2.BORDER_REFLECT_101)
+        smooth = cv2.sepFilter2D(part, cv2.CV_32F, B3, B3, borderType=cv2.BORDER_REFLECT_101)
         w1.append((part - smooth)[y0 - ya : y1 - ya].ravel())
     w1 = np.concatenate(w1)
     w1 = w1[:: max(3, w1.size // 1_000_000)]
@@ -65,7 +63,7 @@ def noise_sigma(image: np.ndarray, clip: float = 3.0, iterations: int = 5) -> fl
         if not keep.any():
             break
         sigma = float(np.std(w1[keep]))
-    return sigma / _LAYER1_NOISE
+    return sigma / LAYER_NOISE[0]
 
 
 @dataclass
@@ -223,7 +221,7 @@ def frame_stats(image: np.ndarray, stars: np.ndarray, noise: float | None = None
     """
     sample = finite_sample(image, 2_000_000)
     background = float(np.median(sample))
-    scale = float(1.4826 * np.median(np.abs(sample - background)))
+    scale = float(mad_sigma(sample, background))
     noise = noise_sigma(image) if noise is None else noise
     good = stars[~stars["sat"]] if len(stars) else stars
     if len(good):

@@ -30,6 +30,7 @@ from scipy import ndimage, optimize
 from scipy.spatial import cKDTree
 
 from .measure import detect_stars
+from .numerics import mad_sigma
 from .register import apply, refine, register
 
 
@@ -143,7 +144,7 @@ def score(
     k = float(np.median(ratio))
     bright = flux_e[phot] > 20000
     rel = ratio[bright] / k if bright.sum() >= 5 else ratio / k
-    phot_scatter = float(1.4826 * np.median(np.abs(rel - np.median(rel))))
+    phot_scatter = float(mad_sigma(rel))
 
     noise_e = _binned_noise(sub, mask) / k
 
@@ -202,7 +203,7 @@ def _matched_filter(sub, mask, xy, flux_e, calib, faint, fwhm, threshold=5.0):
     border = 20
     free[:border], free[-border:], free[:, :border], free[:, -border:] = False, False, False, False
     v = filt[free]
-    sigma = 1.4826 * float(np.median(np.abs(v - np.median(v))))
+    sigma = float(mad_sigma(v))
     response = ndimage.map_coordinates(filt, [xy[calib, 1], xy[calib, 0]], order=1) / flux_e[calib]
     point_noise = sigma / float(np.median(response)) if calib.any() else float("nan")
     peaks = (filt == ndimage.maximum_filter(filt, 3)) & (filt > threshold * sigma)
@@ -219,7 +220,7 @@ def _binned_noise(sub, mask, b=4):
     s = sub[:h, :w].reshape(h // b, b, w // b, b)
     mk = mask[:h, :w].reshape(h // b, b, w // b, b).any(axis=(1, 3))
     binned = s.mean(axis=(1, 3))[~mk]
-    return 1.4826 * np.median(np.abs(binned - np.median(binned))) * b
+    return mad_sigma(binned) * b
 
 
 def _flatness(image, mask, tile=64):

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .numerics import mad_sigma
+
 STRETCHES = ("auto_stf", "histogram", "arcsinh", "masked", "ghs", "none")
 
 
@@ -46,7 +48,7 @@ def mtf(m: float | np.ndarray, x: np.ndarray) -> np.ndarray:
 def _stats(plane: np.ndarray) -> tuple[float, float]:
     sample = plane.ravel()[:: max(1, plane.size // 1_000_000)]
     med = float(np.median(sample))
-    return med, float(1.4826 * np.median(np.abs(sample - med)))
+    return med, float(mad_sigma(sample, med))
 
 
 def histogram_transform(
