@@ -120,3 +120,13 @@ def test_no_lights_is_a_clear_error(tmp_path):
     _write(tmp_path / "darks/d.fits", {"IMAGETYP": "DARK", "EXPTIME": 60.0})
     with pytest.raises(PlanError, match="no usable light frames"):
         build_plan(scan(tmp_path), CFG, tmp_path)
+
+
+def test_dangling_links_and_results_folders_in_the_data(tmp_path):
+    _write(tmp_path / "lights/a.fits", {"IMAGETYP": "LIGHT", "EXPTIME": 60.0, "OBJECT": "x"})
+    (tmp_path / "lights/gone.fits").symlink_to(tmp_path / "nowhere.fits")
+    _write(tmp_path / "old_results/x/integration/Integration_L.fits", {"IMAGETYP": "Master Light"})
+    (tmp_path / "old_results/.astroflow").mkdir()
+    table = scan(tmp_path).set_index(scan(tmp_path)["path"].map(lambda p: Path(p).name))
+    assert not table.loc["gone.fits", "accepted"] and "gone.fits" in table.loc["gone.fits", "reason"]
+    assert "Integration_L.fits" not in table.index  # a run's results are never inputs
