@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
+import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).parent
@@ -82,13 +84,42 @@ def _normalised(tree: ast.Module) -> str:
     return ast.dump(tree)
 
 
+# Parsing the library's modules costs ~0.2 s, paid by every parse of the workflow (every run,
+# every cluster job): their digests are kept by file identity, as the input checksums are.
+CODE_CACHE = PACKAGE_DIR / "__pycache__" / "astroflow-code.json"
+
+
+@functools.cache
+def _code_cache() -> dict:
+    try:
+        return json.loads(CODE_CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 @functools.cache
 def _module_code(name: str) -> tuple[str, tuple[str, ...]]:
-    """Digest of a module's normalised code and the astroflow modules it imports (parsed once)."""
+    """Digest of a module's normalised code and the astroflow modules it imports (parsed once
+    per version of the file)."""
     path = _module_file(name)
-    tree = ast.parse(path.read_text())
-    imports = tuple(sorted(_imports(name, tree, path.name == "__init__.py")))
-    return hashlib.sha256(_normalised(tree).encode()).hexdigest(), imports
+    st = path.stat()
+    key = f"{name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+    cache = _code_cache()
+    if key not in cache:
+        tree = ast.parse(path.read_text())
+        imports = sorted(_imports(name, tree, path.name == "__init__.py"))
+        for old in [k for k in cache if k.split(":")[0] == name]:  # earlier versions of the file
+            del cache[old]
+        cache[key] = [hashlib.sha256(_normalised(tree).encode()).hexdigest(), imports]
+        try:  # a read-only installation just parses every time
+            CODE_CACHE.parent.mkdir(exist_ok=True)
+            tmp = CODE_CACHE.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, sort_keys=True))
+            os.replace(tmp, CODE_CACHE)
+        except OSError:
+            pass
+    digest, imports = cache[key]
+    return digest, tuple(imports)
 
 
 def code_modules(module: str) -> list[str]:
