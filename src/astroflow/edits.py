@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 EDIT_SUFFIXES = (".fits", ".fit", ".xisf", ".tif", ".tiff")
+COLOUR = ("R", "G", "B", "RGB")  # the channels a colour start image (RGB_HT, RGB) stands for
 
 
 def find(edits_dir: str | Path, name: str) -> Path | None:
@@ -46,21 +47,26 @@ def start_images(edits_dir: str | Path, kind: str, channels: list[str]) -> dict[
         starts["RGB_HT"] = got["RGB_HT"]
     elif kind in ("lrgb", "rgb") and got["Integration_RGB"]:
         starts["RGB"] = got["Integration_RGB"]
-    replaced = {"R", "G", "B", "RGB"} if starts else set()
     for ch in channels:
         edit = find(edits_dir, f"Integration_{ch}")
-        if ch not in replaced and edit:
+        if edit and not (starts and ch in COLOUR):
             starts[ch] = edit
     return starts
 
 
-def replaced_channels(starts: dict[str, Path], kind: str, channels: list[str]) -> list[str]:
+def made_from(role: str, channels: list[str]) -> list[str]:
+    """The product's channels a start image stands for (and was made from): the colour ones
+    for ``RGB_HT``/``RGB``, L (else the mono image's channel) for ``L_HT``, else itself."""
+    if role in ("RGB_HT", "RGB"):
+        return [c for c in channels if c in COLOUR]
+    if role == "L_HT":
+        return [c for c in channels if c == "L"] or list(channels)
+    return [role]
+
+
+def replaced_channels(starts: dict[str, Path], channels: list[str]) -> list[str]:
     """Channels of the run a final image no longer needs, given its start images."""
-    if "L_HT" in starts and ("RGB_HT" in starts or kind == "mono"):
-        return list(channels)
-    gone = set(starts) & set(channels)
-    if "RGB_HT" in starts or "RGB" in starts:
-        gone |= {"R", "G", "B", "RGB"} & set(channels)
+    gone = {c for role in starts for c in made_from(role, channels)}
     return [c for c in channels if c in gone]
 
 

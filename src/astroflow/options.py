@@ -228,9 +228,8 @@ def option_rows(schema: dict, prefix: str = "") -> list[tuple[str, object, str]]
     for key, node in schema.get("properties", {}).items():
         name = f"{prefix}{key}"
         children = node.get("properties", {})
-        if children and all("description" in c for c in children.values()):
-            rows += option_rows(node, name + ".")
-        elif children and "description" not in node:
+        described = all("description" in c for c in children.values())
+        if children and (described or "description" not in node):
             rows += option_rows(node, name + ".")
         else:
             default = node.get("default")

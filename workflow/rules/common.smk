@@ -168,14 +168,18 @@ def out(target, *parts):
 JOB_BASE_MB = 256  # a job's interpreter and libraries
 
 
+def frame_pixels(target):
+    """Pixels of one of the target's calibrated lights (3 planes for one-shot colour)."""
+    ny, nx = PLAN[target]["shape"]
+    return (3 if PLAN[target]["osc"] else 1) * ny * nx
+
+
 def job_mem_mb(target, frames, band_mb=0):
     """Peak memory (MB) of a job holding ``frames`` float32 copies of one of the target's
     calibrated lights (3 planes for one-shot colour) plus ``band_mb`` of band buffers, so
     `--resources mem_mb=...` never lets jobs together exceed the machine. Measured peaks at
     26 MP: calibrate 6.5 frames, register 5.3, a master 3 frames beyond its bands."""
-    ny, nx = PLAN[target]["shape"]
-    planes = 3 if PLAN[target]["osc"] else 1
-    return int(JOB_BASE_MB + band_mb + frames * planes * ny * nx * 4 / 2**20)
+    return int(JOB_BASE_MB + band_mb + frames * frame_pixels(target) * 4 / 2**20)
 
 
 # Wall seconds per megapixel of frames a job handles, measured on one core at 26 MP
@@ -187,9 +191,7 @@ SECONDS_PER_MP = {"frames": 0.05, "finish": 2.0}
 def job_runtime(target, frames, kind="frames"):
     """Minutes a cluster job may run: ten times the measured pace for ``frames`` frames of the
     target (channels for the finishing rules), at least 10 (queues round up anyway)."""
-    ny, nx = PLAN[target]["shape"]
-    planes = 3 if PLAN[target]["osc"] else 1
-    seconds = SECONDS_PER_MP[kind] * frames * planes * ny * nx / 1e6
+    seconds = SECONDS_PER_MP[kind] * frames * frame_pixels(target) / 1e6
     return max(10, math.ceil(10 * seconds / 60))
 
 
@@ -328,13 +330,8 @@ def start_images_of(target, product):
 def edit_sources(target, product):
     """The generated channels each start image was made from (a stale edit is an error)."""
     channels = PRODUCTS[target][product]["channels"]
-    made_from = {
-        "RGB_HT": [c for c in channels if c in ("R", "G", "B", "RGB")],
-        "RGB": [c for c in channels if c in ("R", "G", "B", "RGB")],
-        "L_HT": [c for c in channels if c == "L"] or channels,
-    }
     return {
-        role: [generated_channel(target, c) for c in made_from.get(role, [role])]
+        role: [generated_channel(target, c) for c in edits.made_from(role, channels)]
         for role in start_images_of(target, product)
     }
 
@@ -371,7 +368,7 @@ def final_files(target, product):
 def final_inputs(wc):
     spec = PRODUCTS[wc.target][wc.product]
     starts = start_images_of(wc.target, wc.product)
-    gone = edits.replaced_channels(starts, spec["kind"], spec["channels"])
+    gone = edits.replaced_channels(starts, spec["channels"])
     inputs = {
         c: generated_channel(wc.target, c) for c in spec["channels"] if c not in gone
     }

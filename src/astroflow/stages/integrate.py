@@ -118,14 +118,7 @@ def adopt(path, filt: str, outputs: dict, history: list[str]) -> None:
     from ..io import read_image
 
     image, header, _ = read_image(path)
-    h = fits.Header()
-    for card in header.cards:
-        if (
-            card.keyword
-            and card.keyword not in ("SIMPLE", "BITPIX", "EXTEND", "BZERO", "BSCALE")
-            and not card.keyword.startswith("NAXIS")
-        ):
-            h.append(card)
+    h = header.copy()  # FitsWriter replaces its structural cards
     h["FILTER"] = filt
     h["IMAGETYP"] = "Master light"
     h["HISTORY"] = f"integration made elsewhere: {Path(path).name}"[:70]
