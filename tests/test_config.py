@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import yaml
 from conftest import ROOT
-from jsonschema import Draft202012Validator, validators
 
-from astroflow.options import SCHEMA_PATH, flatten, option_rows, update_readme
+from astroflow.live import OPTIONS as LIVE_OPTIONS
+from astroflow.options import SCHEMA_PATH, flatten, option_rows, update_readme, with_defaults
 from astroflow.stages import PLAN_OPTIONS, STAGES
 
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
@@ -15,16 +15,7 @@ SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 def _defaults() -> dict:
     """The schema's defaults, filled in as Snakemake's validate() does."""
-
-    def fill(validator, properties, instance, schema):
-        for key, sub in properties.items():
-            if "default" in sub and isinstance(instance, dict):
-                instance.setdefault(key, yaml.safe_load(yaml.safe_dump(sub["default"])))
-        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
-
-    filled: dict = {}
-    validators.extend(Draft202012Validator, {"properties": fill})(SCHEMA).validate(filled)
-    return filled
+    return with_defaults({}, SCHEMA)
 
 
 def test_every_option_is_described():
@@ -45,7 +36,7 @@ def test_readme_tables_are_generated_from_the_schema():
 
 def test_stages_declare_only_existing_options_and_every_option_is_read():
     names = [name for name, _, _ in option_rows(SCHEMA)]
-    declared = [o for s in STAGES.values() for o in s.options] + list(PLAN_OPTIONS)
+    declared = [o for s in STAGES.values() for o in s.options] + list(PLAN_OPTIONS) + list(LIVE_OPTIONS)
 
     def covers(option, name):  # a section option covers its keys, a key its sub-values
         return name == option or name.startswith(option + ".") or option.startswith(name + ".")

@@ -63,8 +63,14 @@ def frame_weights(noise: np.ndarray, scale: np.ndarray, method: str) -> np.ndarr
     """Weight of each frame, the largest 1. ``noise`` and ``scale`` are (frames, channels) in
     ADU. ``"noise"``: inverse variance on the normalised scale, w = 1 / mean_c (noise / scale)²
     (the normalisation multiplies frame i by s_ref / s_i, up to a constant); ``"none"``: equal."""
-    w = 1.0 / np.mean((noise / scale) ** 2, axis=1) if method == "noise" else np.ones(len(noise))
+    w = inverse_variance(noise, scale) if method == "noise" else np.ones(len(noise))
     return w / w.max()
+
+
+def inverse_variance(noise: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The noise weight before :func:`frame_weights` scales the largest to 1:
+    ``1 / mean_c (noise / scale)²`` per frame (rows of ``(frames, channels)`` arrays)."""
+    return 1.0 / np.mean((np.asarray(noise, float) / np.asarray(scale, float)) ** 2, axis=1)
 
 
 def auto_rejection(n_frames: int, mode: str = "auto2") -> str:
@@ -464,7 +470,7 @@ class FrameNorm:
     weight: float
 
 
-def _norm_coefficients(norms: list[FrameNorm], ref: FrameNorm, mode: str, channel: int):
+def norm_coefficients(norms: list[FrameNorm], ref: FrameNorm, mode: str, channel: int):
     """Per-frame ``(gain, offset)`` with ``x' = x * gain + offset`` (see the module doc)."""
     n = len(norms)
     gain, offset = np.ones(n), np.zeros(n)
@@ -519,7 +525,7 @@ def integrate_bands(
     ny, nx = shape[-2:]
     n = len(sources)
     weights = np.array([nm.weight for nm in norms], np.float64)
-    coeffs = [_norm_coefficients(norms, norms[reference], normalisation, c) for c in range(channels)]
+    coeffs = [norm_coefficients(norms, norms[reference], normalisation, c) for c in range(channels)]
     rows = band_rows(n, nx, memory_mb)
     for y0 in range(0, ny, rows):
         y1 = min(ny, y0 + rows)

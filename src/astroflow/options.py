@@ -200,11 +200,35 @@ def ordered(cfg: dict, like: dict) -> dict:
 
 
 SCHEMA_PATH = PACKAGE_DIR.parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-# config/README.md's two option tables: where the frames go, and the finishing steps
+# config/README.md's option tables but the last: where the frames go, live stacking; every
+# other section is in the table of the finishing steps
 DOC_TABLES = {
     "front": ("data", "out", "batch_size", "osc", "bayer_pattern", "overrides", "calibration",
               "cosmetic", "debayer", "registration", "integration"),
+    "live": ("live",),
 }  # fmt: skip
+
+
+def with_defaults(cfg: dict, schema: dict | None = None) -> dict:
+    """A copy of ``cfg`` (typed by :func:`coerce`) with every missing option set to the schema's
+    default, validated against the schema as Snakemake's ``validate()`` does for the pipeline:
+    how ``astroflow live`` reads the same config/config.yaml."""
+    import copy
+
+    import yaml
+    from jsonschema import Draft202012Validator, validators
+
+    schema = schema or yaml.safe_load(SCHEMA_PATH.read_text())
+
+    def fill(validator, properties, instance, sub_schema):
+        for key, sub in properties.items():
+            if "default" in sub and isinstance(instance, dict):
+                instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, sub_schema)
+
+    filled = coerce(copy.deepcopy(cfg), schema)
+    validators.extend(Draft202012Validator, {"properties": fill})(schema).validate(filled)
+    return filled
 
 
 def _format_default(value) -> str:
@@ -241,11 +265,10 @@ def option_rows(schema: dict, prefix: str = "") -> list[tuple[str, object, str]]
 
 def option_tables(schema: dict) -> dict[str, str]:
     """The markdown option tables of config/README.md, generated from the schema (the one place
-    every default and its meaning live): ``front`` and ``finish`` (everything else)."""
-    front = DOC_TABLES["front"]
-    groups: dict[str, list[str]] = {"front": [], "finish": []}
+    every default and its meaning live): those of :data:`DOC_TABLES` and ``finish``."""
+    groups: dict[str, list[str]] = {g: [] for g in (*DOC_TABLES, "finish")}
     for name, default, desc in option_rows(schema):
-        group = "front" if name.split(".")[0] in front else "finish"
+        group = next((g for g, sections in DOC_TABLES.items() if name.split(".")[0] in sections), "finish")
         groups[group].append(f"| `{name}` | {_format_default(default)} | {desc} |")
     head = "| option | default | meaning |\n|---|---|---|\n"
     return {g: head + "\n".join(lines) + "\n" for g, lines in groups.items()}

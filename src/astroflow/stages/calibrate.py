@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,79 @@ def _saturation_level(header) -> float:
     return 65535.0 * 0.98
 
 
+@dataclass
+class Masters:
+    """The masters one light is calibrated with (ADU, float32; any may be missing).
+    ``dark`` is ``(master, exptime, contains_bias)``; ``defects`` the DEFECTS maps of the dark
+    and flat (:mod:`astroflow.cosmetic` codes)."""
+
+    bias: np.ndarray | None = None
+    dark: tuple | None = None
+    flat: np.ndarray | None = None
+    defects: list = field(default_factory=list)
+
+
+@dataclass
+class CalibratedLight:
+    """One calibrated, corrected (and debayered) light with its measurements."""
+
+    image: np.ndarray  # (ny, nx) or (3, ny, nx) float32, ADU
+    stars: np.ndarray  # measure.STAR_DTYPE records of the luminance
+    stats: measure.FrameStats  # of the luminance
+    per_channel: list  # FrameStats per plane (background, scale, noise used by integration)
+    bad_pixels: int
+    pattern: str | None  # the effective Bayer pattern it was debayered with
+
+
+def calibrate_frame(raw, header, exptime: float, masters: Masters, cfg: dict, bayer: str | None = None):
+    """Calibrate one raw light (ADU) with ``masters``, repair its bad pixels, debayer it when
+    ``bayer`` names its CFA pattern, detect its stars and measure it: the per-frame work the
+    ``calibrate`` stage and ``astroflow live`` share. Raises :class:`FrameError` (naming
+    ``header``'s file when the caller adds it) for a frame that cannot be calibrated."""
+    if raw.ndim != 2:
+        raise FrameError(f"expected a 2-D raw frame, got shape {raw.shape}")
+    nan_frac = float(np.mean(~np.isfinite(raw)))
+    if nan_frac > 0.5:
+        raise FrameError(f"{nan_frac:.0%} of pixels are NaN")
+    dark = masters.dark[0] if masters.dark else None
+    for name, m in (("bias", masters.bias), ("flat", masters.flat), ("dark", dark)):
+        if m is not None and m.shape != raw.shape:
+            raise FrameError(f"size {raw.shape} differs from master {name} {m.shape}")
+    saturated = raw >= _saturation_level(header)
+    img = calibrate_light(raw, exptime, masters.bias, masters.dark, masters.flat)
+    cc, det = cfg["cosmetic"], cfg["registration"]
+    cfa = bool(bayer)
+    bad = np.zeros(img.shape, np.uint8)
+    for m in masters.defects:
+        if m is not None:
+            np.maximum(bad, m, out=bad)
+    noise = measure.noise_sigma(img)  # defects are clipped out of it: valid after repair too
+    if cc["enabled"] and cc["auto_detect"]:
+        bad |= cosmetic.isolated_defects(img, cc["auto_sigma"], noise, cfa=cfa)
+    img = cosmetic.correct(img, bad if cc["enabled"] else np.zeros(img.shape, np.uint8), cfa=cfa)
+    pattern = None
+    if cfa:
+        from ..debayer import debayer, effective_pattern
+
+        pattern = effective_pattern(
+            bayer,
+            int(header.get("XBAYROFF", 0) or 0),
+            int(header.get("YBAYROFF", 0) or 0),
+            str(header.get("ROWORDER", "TOP-DOWN")),
+            img.shape[0],
+        )
+        img = debayer(img, pattern, cfg["debayer"]["method"])
+        lum = img.mean(axis=0)
+    else:
+        lum = img
+    stars = measure.detect_stars(lum, det["detection_sigma"], saturated=saturated)
+    stats = measure.frame_stats(lum, stars, None if cfa else noise)
+    per_channel = [measure.frame_stats(p, stars[:0]) for p in img] if cfa else [stats]
+    return CalibratedLight(img, stars, stats, per_channel, int(np.count_nonzero(bad)), pattern)
+
+
 def calibrate(rows: list[dict], masters_dir, out_dir, cfg: dict) -> None:
-    """Calibrate, correct, debayer and measure each light of a chunk.
+    """Calibrate, correct, debayer and measure each light of a chunk (:func:`calibrate_frame`).
 
     Each light's bad pixels are the defects of its master dark and flat (their ``DEFECTS``
     extensions) plus, with ``cosmetic.auto_detect``, the isolated ones found in the light.
@@ -43,78 +115,45 @@ def calibrate(rows: list[dict], masters_dir, out_dir, cfg: dict) -> None:
             cache[name] = (data, header, read_extension(path, cosmetic.DEFECTS))
         return cache[name]
 
-    cc, det = cfg["cosmetic"], cfg["registration"]
     rows_out, stars_out = [], {}
     for row in rows:
         rec = records.measure_record(row["path"], row["exptime"])
         try:
             raw, header, _ = read_image(row["source"])
-            if raw.ndim != 2:
-                raise FrameError(f"{row['source']}: expected a 2-D raw frame, got shape {raw.shape}")
-            nan_frac = float(np.mean(~np.isfinite(raw)))
-            if nan_frac > 0.5:
-                raise FrameError(f"{row['source']}: {nan_frac:.0%} of pixels are NaN")
-            saturated = raw >= _saturation_level(header)
-            bias = load(row["bias"])[0] if row.get("bias") else None
-            dark = None
-            defects = [load(row[k])[2] for k in ("dark", "flat") if row.get(k)]
+            masters = Masters(defects=[load(row[k])[2] for k in ("dark", "flat") if row.get(k)])
+            if row.get("bias"):
+                masters.bias = load(row["bias"])[0]
             if row.get("dark"):
                 d, dh, _ = load(row["dark"])
-                dark = (d, float(dh.get("EXPTIME", row["exptime"])), "B" not in str(dh.get("CALSTAT", "")))
-            flat = load(row["flat"])[0] if row.get("flat") else None
-            for name, m in (("bias", bias), ("flat", flat), ("dark", dark[0] if dark else None)):
-                if m is not None and m.shape != raw.shape:
-                    raise FrameError(
-                        f"{row['source']}: size {raw.shape} differs from master {name} {m.shape}"
-                    )
-            img = calibrate_light(raw, row["exptime"], bias, dark, flat)
-            del raw  # only the saturation map is needed from here on
-            cfa = bool(row.get("bayer"))
-            bad = np.zeros(img.shape, np.uint8)
-            for m in defects:
-                if m is not None:
-                    np.maximum(bad, m, out=bad)
-            noise = measure.noise_sigma(img)  # defects are clipped out of it: valid after repair too
-            if cc["enabled"] and cc["auto_detect"]:
-                bad |= cosmetic.isolated_defects(img, cc["auto_sigma"], noise, cfa=cfa)
-            if cc["enabled"]:
-                img = cosmetic.correct(img, bad, cfa=cfa)
-            else:
-                img = cosmetic.correct(img, np.zeros(img.shape, np.uint8), cfa=cfa)  # NaNs only
-            if cfa:
-                from ..debayer import debayer, effective_pattern
-
-                pattern = effective_pattern(
-                    row["bayer"],
-                    int(header.get("XBAYROFF", 0) or 0),
-                    int(header.get("YBAYROFF", 0) or 0),
-                    str(header.get("ROWORDER", "TOP-DOWN")),
-                    img.shape[0],
+                masters.dark = (
+                    d,
+                    float(dh.get("EXPTIME", row["exptime"])),
+                    "B" not in str(dh.get("CALSTAT", "")),
                 )
-                img = debayer(img, pattern, cfg["debayer"]["method"])
-                lum = img.mean(axis=0)
-            else:
-                lum = img
-            stars = measure.detect_stars(lum, det["detection_sigma"], saturated=saturated)
-            planes = img if img.ndim == 3 else img[None]
-            stats = measure.frame_stats(lum, stars, None if cfa else noise)
-            per_channel = [measure.frame_stats(p, stars[:0]) for p in planes] if img.ndim == 3 else [stats]
+            if row.get("flat"):
+                masters.flat = load(row["flat"])[0]
+            try:
+                light = calibrate_frame(raw, header, row["exptime"], masters, cfg, row.get("bayer"))
+            except FrameError as exc:
+                raise FrameError(f"{row['source']}: {exc}") from None
+            del raw
             out_name = f"{stem(row['path'])}_c.fits"
             hdr = header.copy()
             hdr["HISTORY"] = (
                 f"astroflow {__version__}: calibrated ({', '.join(k for k in ('bias', 'dark', 'flat') if row.get(k)) or 'no masters'})"
             )
-            if cfa:
-                hdr["HISTORY"] = f"debayered {pattern} ({cfg['debayer']['method']})"
+            if light.pattern:
+                hdr["HISTORY"] = f"debayered {light.pattern} ({cfg['debayer']['method']})"
                 for key in ("BAYERPAT", "XBAYROFF", "YBAYROFF"):
                     hdr.remove(key, ignore_missing=True)
-            write_fits(out_dir / out_name, img, hdr)
+            write_fits(out_dir / out_name, light.image, hdr)
+            stars = light.stars
             stars_out[out_name] = np.column_stack([stars["x"], stars["y"], stars["flux"]])
-            rec.update(file=out_name, status="ok", bad_pixels=int(np.count_nonzero(bad)))
+            rec.update(file=out_name, status="ok", bad_pixels=light.bad_pixels)
             rec.update(
-                {k: v for k, v in stats.as_dict().items() if k not in ("background", "scale", "noise")}
+                {k: v for k, v in light.stats.as_dict().items() if k not in ("background", "scale", "noise")}
             )
-            for c, st in enumerate(per_channel):
+            for c, st in enumerate(light.per_channel):
                 for kind in records.PER_CHANNEL:
                     rec[records.per_channel(kind, c)] = getattr(st, kind)
         except FrameError as exc:

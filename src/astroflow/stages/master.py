@@ -44,18 +44,23 @@ def master(name: str, spec: dict, deps: dict, out: str | Path, cfg: dict, memory
         header["HISTORY"] = note[:70]
     header["HISTORY"] = f"astroflow {__version__}"
     extensions = {}
-    if spec["kind"] in ("dark", "flat") and data.ndim == 2:
-        cc = cfg["cosmetic"]
-        is_dark = spec["kind"] == "dark"
-        defects = cosmetic.bad_pixel_map(
-            data if is_dark else None,
-            None if is_dark else data,
-            cc["hot_sigma"],
-            cc["cold_sigma"],
-            cfa=bool(spec.get("cfa")),
-        )
-        header["HOT"] = (int((defects == cosmetic.HOT).sum()), "hot pixels (DEFECTS extension)")
-        header["COLD"] = (int((defects == cosmetic.COLD).sum()), "cold pixels (DEFECTS extension)")
-        header["HISTORY"] = f"defects: hot sigma {cc['hot_sigma']}, cold sigma {cc['cold_sigma']}"
+    defects = master_defects(spec["kind"], data, header, cfg, bool(spec.get("cfa")))
+    if defects is not None:
         extensions[cosmetic.DEFECTS] = defects
     write_fits(out, data, header, extensions=extensions)
+
+
+def master_defects(kind: str, data, header, cfg: dict, cfa: bool):
+    """The hot/cold pixel map of a master dark, the dead pixels of a master flat (uint8,
+    :mod:`astroflow.cosmetic` codes; None for other masters), counted in ``header``."""
+    if kind not in ("dark", "flat") or data.ndim != 2:
+        return None
+    cc = cfg["cosmetic"]
+    is_dark = kind == "dark"
+    defects = cosmetic.bad_pixel_map(
+        data if is_dark else None, None if is_dark else data, cc["hot_sigma"], cc["cold_sigma"], cfa=cfa
+    )
+    header["HOT"] = (int((defects == cosmetic.HOT).sum()), "hot pixels (DEFECTS extension)")
+    header["COLD"] = (int((defects == cosmetic.COLD).sum()), "cold pixels (DEFECTS extension)")
+    header["HISTORY"] = f"defects: hot sigma {cc['hot_sigma']}, cold sigma {cc['cold_sigma']}"
+    return defects

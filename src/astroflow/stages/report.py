@@ -19,18 +19,23 @@ METRICS = {
 }
 
 
-def preview(image_in, png_out, width: int = 1200) -> None:
-    """An integration as a PNG at most ``width`` pixels wide, AutoSTF-stretched (linked)."""
+def preview_image(img: np.ndarray, width: int = 1200) -> np.ndarray:
+    """An image (ADU, NaN = no data) binned to at most ``width`` pixels wide and
+    AutoSTF-stretched (linked) into [0, 1]."""
     import cv2
 
-    img, _, _ = read_image(image_in)
     img = np.nan_to_num(img, nan=0.0) / ADU_FULL_SCALE
     planes = img[None] if img.ndim == 2 else img
     step = max(1, -(-planes.shape[-1] // width))
     small = np.stack(
         [cv2.resize(p, None, fx=1 / step, fy=1 / step, interpolation=cv2.INTER_AREA) for p in planes]
     )
-    write_8bit(png_out, stretch.auto_stf(small[0] if img.ndim == 2 else small))
+    return stretch.auto_stf(small[0] if img.ndim == 2 else small)
+
+
+def preview(image_in, png_out, width: int = 1200) -> None:
+    """An integration as a PNG at most ``width`` pixels wide (:func:`preview_image`)."""
+    write_8bit(png_out, preview_image(read_image(image_in)[0], width))
 
 
 def frame_plots(frames_tsv, svg_out) -> None:
