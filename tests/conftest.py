@@ -15,6 +15,14 @@ from astroflow.synth import NightSpec, make_night
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+# Debian's headless Chromium for Playwright (.ci/run installs it); no network but this machine
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+]
 
 
 def run_snakemake(data, out, *extra, cores=2, check=True):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SNAKEMAKE, run_snakemake
+from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, SNAKEMAKE, run_snakemake
 
 from astroflow.synth import NightSpec, make_night
 
@@ -125,15 +125,6 @@ def test_flowchart_is_the_runs_dag_with_measured_times(small_run):
     if shutil.which("dot"):  # Graphviz: installed by .ci/run and make install
         assert "<svg" in (small_run / "flowchart.svg").read_text()
         assert (small_run / "flowchart.png").read_bytes()[:4] == b"\x89PNG"
-
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
-]
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (.ci/run installs it)")

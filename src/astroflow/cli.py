@@ -1,6 +1,7 @@
-"""Command line: ``astroflow make-sample`` (synthetic night), ``astroflow score`` (vs truth),
-``astroflow compile`` (numba kernels into their cache) and ``astroflow config-docs`` (the option
-tables of config/README.md from the schema)."""
+"""Command line: ``astroflow live`` (live stacking of a capture folder, with its web page),
+``astroflow make-sample`` (synthetic night), ``astroflow score`` (vs truth), ``astroflow
+compile`` (numba kernels into their cache) and ``astroflow config-docs`` (the option tables of
+config/README.md from the schema)."""
 
 from __future__ import annotations
 
@@ -71,10 +72,46 @@ def _config_docs(args) -> int:
     return 0
 
 
+def _live(args) -> int:
+    import logging
+    from pathlib import Path
+
+    import yaml
+    from jsonschema import ValidationError
+
+    from .live.server import serve
+    from .live.session import Session
+    from .options import with_defaults
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    watch = Path(args.watch)
+    if not watch.is_dir():
+        print(f"astroflow live: the watched folder {watch} does not exist", file=sys.stderr)
+        return 2
+    try:
+        cfg = with_defaults((yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {})
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        print(f"astroflow live: config {args.config}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return serve(Session(watch, args.out, cfg, masters_dir=args.masters), args.host, args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="astroflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"astroflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("live", help="stack a capture folder live and serve the stack on a web page")
+    p.add_argument("--watch", required=True, help="folder the capture program writes frames to (read only)")
+    p.add_argument("--out", required=True, help="results folder (one folder per stack, ledger.tsv, masters/)")
+    p.add_argument("--masters", help="folder of masters to use (e.g. a pipeline run's OUT/<target>/masters)")
+    p.add_argument("--config", help="YAML config (config/config.yaml's format; missing options are defaults)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (0.0.0.0: every network, your choice)"
+    )
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_live)
 
     p = sub.add_parser("make-sample", help="generate a synthetic night with known truth")
     p.add_argument("out", help="folder to create (lights/, darks/, flats/, bias/, truth/)")

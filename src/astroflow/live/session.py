@@ -106,6 +106,17 @@ def separation(a, b) -> float:
     return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
 
 
+def _may_be_image(path: Path) -> bool:
+    """Whether a file that does not parse could still become an image: it starts as a FITS or
+    XISF file does, or is too short to tell (a writer may have just begun)."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(9)
+    except OSError:
+        return True
+    return len(start) < 9 or start.startswith((b"SIMPLE  =", b"XISF0100"))
+
+
 @dataclass
 class Arrival:
     """A settled file: where it is, its ledger key and when it settled."""
@@ -186,7 +197,6 @@ class Session:
 
     def __init__(self, watch, out, cfg: dict, masters_dir=None, notify=None):
         self.watch, self.out, self.cfg, self.live = Path(watch), Path(out), cfg, cfg["live"]
-        self.out.mkdir(parents=True, exist_ok=True)
         self.notify = notify or (lambda kind, data: None)
         self.ledger = Ledger(self.out / "ledger.tsv")
         self.library = MasterLibrary(self.out / "masters", cfg)
@@ -200,6 +210,11 @@ class Session:
         self._retry: dict[Path, float] = {}  # not before this time.monotonic()
         self.started = _now()
         self.snapshot = "{}"
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.errors["write"] = f"cannot write results in {self.out}: {exc}"
+            self._say("error", self.errors["write"])
         for state in sorted(self.out.glob("*/state.npz")):
             try:
                 stack = Stack.load(state, self.out, self.live)
@@ -226,7 +241,6 @@ class Session:
         getattr(log, level)(message)
         entry = {"time": _now(), "level": level, "message": message}
         self.log.append(entry)
-        self.notify("log", entry)
         self._changed()
 
     def _changed(self) -> None:
@@ -255,7 +269,13 @@ class Session:
         self._say("info", f"watching {self.watch} ({how}); results in {self.out}")
         try:
             while not stop.is_set():
-                if not self.step():
+                try:
+                    busy = self.step()
+                except Exception as exc:  # e.g. the watched folder vanished: keep watching
+                    log.exception("scan of %s", self.watch)
+                    self._say("error", f"scan of {self.watch} failed: {type(exc).__name__}: {exc}")
+                    busy = 0
+                if not busy:
                     self.arrivals.wait(self.live["poll_seconds"])
         finally:
             self.arrivals.stop()
@@ -312,7 +332,7 @@ class Session:
         """A settled file that does not parse: a writer may still be at it, so it is tried again
         until it has stayed unreadable for ``partial_timeout`` seconds."""
         first = self._unreadable.setdefault(path, now)
-        if now - first < self.live["partial_timeout"]:
+        if now - first < self.live["partial_timeout"] and _may_be_image(path):
             self.arrivals.again(path)
             return
         self.arrivals.taken(path, sig)
@@ -349,7 +369,7 @@ class Session:
         except OSError as exc:
             self.errors["write"] = f"cannot write results in {self.out}: {exc} (retrying)"
             self._say("error", f"{a.rel}: cannot write results: {exc}; tried again in {RETRY_SECONDS:g} s")
-            self._retry[a.path] = time.monotonic() + RETRY_SECONDS
+            self._retry[a.path] = a.seen + RETRY_SECONDS
             self.arrivals.again(a.path)
         except Exception as exc:  # a bug must not end the night: report it with the file
             log.exception("processing %s", a.rel)
@@ -453,6 +473,11 @@ class Session:
         }
         if missing:
             row["masters"] += f" (no {', '.join(missing)})"
+        if stack.ref is not None and raw.shape[-2:] != stack.ref["lum"].shape:
+            size, ref_size = raw.shape[-2:][::-1], stack.ref["lum"].shape[::-1]
+            return self._reject(
+                stack, a, row, f"size {size} differs from the stack's {ref_size} (another camera or binning)"
+            )
         t = time.perf_counter()
         exptime = stack.key["exptime"]
         try:
@@ -486,10 +511,11 @@ class Session:
         ref = stack.ref
         if ref is None:
             return ""
-        if st.stars < lv["min_star_fraction"] * ref["stars"]:
-            return f"clouds: {st.stars} stars, the reference has {ref['stars']} (min_star_fraction {lv['min_star_fraction']:g})"
+        # blur before star count: a defocused frame also shows fewer stars, a cloudy one sharp ones
         if st.fwhm > lv["max_fwhm_ratio"] * ref["fwhm"]:
             return f"blurred: FWHM {st.fwhm:.2f} px, the reference's {ref['fwhm']:.2f} px (max_fwhm_ratio {lv['max_fwhm_ratio']:g})"
+        if st.stars < lv["min_star_fraction"] * ref["stars"]:
+            return f"clouds: {st.stars} stars, the reference has {ref['stars']} (min_star_fraction {lv['min_star_fraction']:g})"
         return ""
 
     def _reject(self, stack: Stack, a: Arrival, row: dict, reason: str) -> None:
@@ -548,10 +574,6 @@ class Session:
         from .. import register as reg_lib
 
         rc = self.cfg["registration"]
-        if light.image.shape[-2:] != stack.ref["lum"].shape:
-            raise reg_lib.RegistrationError(
-                f"size {light.image.shape[-2:][::-1]} differs from the stack's {stack.ref['lum'].shape[::-1]} (another camera or binning)"
-            )
         lum = light.image.mean(axis=0) if light.image.ndim == 3 else light.image
         xy = np.column_stack([light.stars["x"], light.stars["y"]])
         reg = reg_lib.register(
