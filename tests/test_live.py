@@ -226,11 +226,16 @@ def test_a_new_target_starts_a_new_stack_and_osc_is_debayered(live_night, osc_ni
             hdul[0].header["RA"], hdul[0].header["DEC"] = 83.8, -5.4
             hdul[0].data = np.ascontiguousarray(np.rot90(hdul[0].data, 1 + i % 2))
             hdul.writeto(watch / f"moved_{i}.fits")
+    other = tmp_path / "other_field"  # same headers and pointing, other stars: nothing registers
+    make_night(other, NightSpec(frames=3, width=384, height=384, seed=98))
+    for f in lights(other):
+        shutil.copy(f, watch / f"zz_{f.name}")
     shutil.copytree(osc_night / "lights", watch / "osc")
     session = Session(watch, tmp_path / "out", live_cfg())
     drain(session)
     stacks = {s["name"]: s for s in status(session)["stacks"]}
     assert stacks[STACK]["frames"] == 4 and stacks[STACK + "_2"]["frames"] == 3
+    assert stacks[STACK + "_3"]["frames"] == 3  # three failures in a row: a new stack of them
     osc = [s for s in stacks.values() if s["key"]["filter"] == "RGB"]
     assert len(osc) == 1 and osc[0]["frames"] == 8
     image = fits.getdata(tmp_path / "out" / osc[0]["name"] / "stack.fits")

@@ -619,9 +619,10 @@ class Session:
         stack.unledgered.append(self._ledger_row(a, stack, "accepted"))
         self.arrivals.taken(a.path, a.sig)
         t = time.perf_counter()
-        self._publish(stack)
+        self._write_images(stack)
         row["t_write"] = round(time.perf_counter() - t, 3)
         row["seconds"] = round(time.monotonic() - a.seen, 3)
+        self._checkpoint(stack)
         self._say(
             "info",
             f"{a.rel}: stacked into {stack.name} ({stack.accepted} frames, {stack.exposure:g} s; {row['seconds']:.1f} s)",
@@ -680,12 +681,13 @@ class Session:
         stack.dir.mkdir(parents=True, exist_ok=True)
         write_tsv([{c: r.get(c, "") for c in FRAME_COLUMNS} for r in stack.rows], stack.dir / "frames.tsv")
 
-    def _publish(self, stack: Stack) -> None:
-        """Write the stack's outputs, then its checkpoint, then its ledger lines."""
+    def _write_images(self, stack: Stack) -> None:
+        """Rewrite the stack's linear FITS and stretched JPEG (atomically)."""
         from ..stages.report import preview_image
 
         stack.dir.mkdir(parents=True, exist_ok=True)
         image = stack.running.image()
+        image = image[0] if image.shape[0] == 1 else image
         h = stack.header.copy()
         h["IMAGETYP"] = "Master light"
         h["EXPTIME"] = (stack.key["exptime"], "[s] single-frame exposure")
@@ -693,13 +695,14 @@ class Session:
         h["NCOMBINE"] = (stack.accepted, "frames integrated")
         h["REFFRAME"] = (Path(stack.ref["file"]).name[:68], "registration reference")
         h["HISTORY"] = f"astroflow {__version__} live stack"
-        write_fits(stack.dir / "stack.fits", image[0] if image.shape[0] == 1 else image, h)
-        write_8bit(
-            stack.dir / "stack.jpg",
-            preview_image(image[0] if image.shape[0] == 1 else image, self.live["preview_width"]),
-        )
-        self._write_table(stack)
+        write_fits(stack.dir / "stack.fits", image, h)
+        write_8bit(stack.dir / "stack.jpg", preview_image(image, self.live["preview_width"]))
         stack.version += 1
+
+    def _checkpoint(self, stack: Stack) -> None:
+        """Write the frame table and show the new state; then, once the running statistics
+        hold the frames, the checkpoint and after it the ledger lines."""
+        self._write_table(stack)
         self._changed()
         if stack.running.started:
             stack.save()
