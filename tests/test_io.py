@@ -42,6 +42,33 @@ def test_tile_compressed_real_frame():
     assert read_header(path)["NAXIS1"] == 300
 
 
+@pytest.mark.parametrize("compression", ["RICE_1", "GZIP_1", "HCOMPRESS_1"])
+def test_tile_compressed_fits_is_read_not_called_truncated(tmp_path, compression):
+    data = np.random.default_rng(0).integers(1000, 1016, (120, 200)).astype(np.uint16)  # sky-like
+    header = fits.Header({"IMAGETYP": "Light Frame", "EXPTIME": 30.0})
+    hdus = [fits.PrimaryHDU(), fits.CompImageHDU(data, header, compression_type=compression)]
+    fits.HDUList(hdus).writeto(tmp_path / "a.fits.fz")
+    assert (tmp_path / "a.fits.fz").stat().st_size < data.nbytes  # compressed, so "smaller than the image"
+    h = read_header(tmp_path / "a.fits.fz")
+    assert (h["NAXIS1"], h["NAXIS2"], h["EXPTIME"]) == (200, 120, 30.0)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.fits.fz")[0], data)
+
+
+def test_one_unparsable_card_is_dropped_with_a_warning(tmp_path, caplog):
+    header = fits.Header({"IMAGETYP": "Light", "EXPTIME": 30.0, "GAIN": 100, "INSTRUME": "ZWO ASI2600MM"})
+    fits.PrimaryHDU(np.full((16, 16), 7, np.uint16), header).writeto(tmp_path / "a.fits")
+    raw = bytearray((tmp_path / "a.fits").read_bytes())
+    at = raw.find(b"GAIN    =")
+    raw[at : at + 80] = b"GAIN    =                  1O0 / a typo".ljust(80)  # a malformed number
+    raw[raw.find(b"ZWO ASI") + 3] = 7  # a control byte inside a string
+    (tmp_path / "a.fits").write_bytes(bytes(raw))
+    for read in (read_header, lambda p: read_image(p)[1]):
+        h = read(tmp_path / "a.fits")
+        assert "GAIN" not in h and "INSTRUME" not in h and h["EXPTIME"] == 30.0
+    assert "a.fits: header card GAIN is unparsable" in caplog.text and "card INSTRUME" in caplog.text
+    assert read_image(tmp_path / "a.fits")[0].mean() == 7
+
+
 def test_xisf_round_trip(tmp_path):
     data = (np.arange(12, dtype=np.float32).reshape(3, 4) * 100).astype(np.float32)
     header = fits.Header({"IMAGETYP": "LIGHT", "EXPTIME": 30.0, "FILTER": "Ha"})

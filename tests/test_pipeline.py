@@ -197,6 +197,15 @@ def test_bad_input_is_reported_and_the_night_still_processed(mono_night, tmp_pat
         h = fits.getheader(src)
         h["FILTER"] = "Red"
         fits.PrimaryHDU(fits.getdata(src), h).writeto(night / f"lights/red_{i}.fits")
+    # as fpack writes it (the image in extension 1), and a frame with one unparsable card
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.CompImageHDU(fits.getdata(lights[4]), fits.getheader(lights[4]))]
+    ).writeto(night / "lights/L/compressed.fits.fz")
+    lights[4].unlink()
+    raw = bytearray(lights[5].read_bytes())
+    at = raw.find(b"GAIN    =")
+    raw[at : at + 80] = b"GAIN    =                  1O0 / a typo".ljust(80)
+    lights[5].write_bytes(bytes(raw))
     before = _hashes(night)
 
     out = tmp_path / "out"
@@ -213,6 +222,7 @@ def test_bad_input_is_reported_and_the_night_still_processed(mono_night, tmp_pat
         assert not frames.loc[name, "accepted"], name
         assert why in frames.loc[name, "reason"], (name, frames.loc[name, "reason"])
     assert frames.loc["with_nans.fits", "accepted"]
+    assert frames.loc["compressed.fits.fz", "accepted"] and frames.loc[lights[5].name, "accepted"]
     assert fits.getheader(out / "NGC_7000/integration/Integration_L.fits")["NCOMBINE"] == 13
     assert fits.getheader(out / "NGC_7000/integration/Integration_R.fits")["NCOMBINE"] == 2
     assert _hashes(night) == before  # inputs are never written to

@@ -16,7 +16,9 @@ Conventions used throughout astroflow:
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -30,6 +32,9 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
 XISF_SUFFIXES = (".xisf",)
 IMAGE_SUFFIXES = FITS_SUFFIXES + XISF_SUFFIXES
 ADU_FULL_SCALE = 65535.0
+
+
+log = logging.getLogger("astroflow")
 
 
 class FrameError(ValueError):
@@ -87,6 +92,31 @@ def parse_number(text: str):
     return text
 
 
+# a FITS value field of plain syntax: string, logical, integer or real, then an optional comment
+_VALUE = re.compile(r" *(?:'(?:[^'\x00-\x1f]|'')*'|[TF]|[-+]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][-+]?\d+)?)? *(?:/[^\x00-\x1f]*)?$")
+
+
+def _lenient(header: fits.Header, path) -> fits.Header:
+    """``header`` without the cards whose value cannot be parsed (a malformed number, a stray
+    control byte), each dropped with a warning naming the file and the card: one bad card must
+    not cost the frame, let alone the night (astropy raises only when the value is used)."""
+    bad = []
+    for i, card in enumerate(header.cards):
+        # the card as read (``card.image`` would verify and "fix" it first, 20× slower)
+        image = getattr(card, "_image", None) or ""
+        if image[8:10] != "= " or _VALUE.match(image, 10):
+            continue  # commentary cards, and values of plain syntax
+        try:
+            card.value  # noqa: B018 - astropy parses a card's value only when asked
+            card.verify("exception")
+        except Exception as exc:  # VerifyError, ValueError: whatever the card holds
+            bad.append((i, card.keyword, exc))
+    for i, keyword, exc in reversed(bad):
+        log.warning("%s: header card %s is unparsable and ignored (%s)", path, keyword, str(exc).splitlines()[0])
+        del header[i]
+    return header
+
+
 def read_header(path: str | os.PathLike) -> fits.Header:
     """Header of the image HDU of a FITS or XISF file, without reading pixel data.
 
@@ -109,10 +139,11 @@ def read_header(path: str | os.PathLike) -> fits.Header:
             warnings.simplefilter("ignore")
             with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
                 hdu = _image_hdu(hdul)
-                header = hdu.header.copy()
-                if isinstance(hdu, fits.CompImageHDU):
+                header = _lenient(hdu.header.copy(), path)
+                if isinstance(hdu, fits.CompImageHDU):  # its size says nothing of the image's
                     header["NAXIS1"], header["NAXIS2"] = hdu.shape[-1], hdu.shape[-2]
-                _check_size(path, header)
+                else:
+                    _check_size(path, header)
                 return header
     except FrameError as exc:
         raise FrameError(f"{path}: {exc}") from None
@@ -121,9 +152,8 @@ def read_header(path: str | os.PathLike) -> fits.Header:
 
 
 def _check_size(path: Path, header: fits.Header) -> None:
-    """Detect truncated uncompressed FITS files from the header alone."""
-    if header.get("ZIMAGE") or "XTENSION" in header and header["XTENSION"] == "BINTABLE":
-        return
+    """Detect truncated uncompressed FITS files from the header alone (a tile-compressed
+    image is checked by reading it)."""
     bitpix = abs(int(header.get("BITPIX", 16)))
     npix = 1
     for i in range(1, int(header.get("NAXIS", 0)) + 1):
@@ -168,7 +198,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]
                 warnings.simplefilter("ignore")
                 with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
                     hdu = _image_hdu(hdul)
-                    header = hdu.header.copy()
+                    header = _lenient(hdu.header.copy(), path)
                     plain = (
                         hdu is hdul[0]
                         and not isinstance(hdu, fits.CompImageHDU)
