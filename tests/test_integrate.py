@@ -118,3 +118,20 @@ def test_growth_rejects_trail_wings_and_leaves_clean_pixels():
     assert excess(plain[0]) > 2 * excess(grown[0])  # the wings' residual is mostly gone
     assert abs(excess(grown[0])) < 0.5
     assert grown[2][4, 40:].mean() < 0.02  # far from the trail, almost nothing more is rejected
+
+
+@pytest.mark.parametrize("combine", ["average", "median"])
+def test_a_pixel_whose_values_are_all_rejected_is_their_median_not_zero(combine):
+    """Percentile clipping around a median of 53 rejects 5, 6 (low) and 100, 200 (high): the
+    pixel must not become 0, and the rejection maps must say it was fully rejected."""
+    values = (5.0, 6.0, 100.0, 200.0)
+    frames = [np.full((4, 4), 20.0, np.float32) for _ in values]
+    for f, v in zip(frames, values, strict=True):
+        f[1, 2] = v
+    norms = [FrameNorm(np.array([0.0]), np.array([1.0]), 1.0) for _ in values]
+    image, rej_lo, rej_hi, coverage = integrate(
+        frames, norms, "percentile", 0.2, 0.1, normalisation="none", combine=combine
+    )
+    assert image[1, 2] == pytest.approx(53.0)
+    assert rej_lo[1, 2] + rej_hi[1, 2] == 1.0 and coverage[1, 2] == 4
+    assert (np.delete(image.ravel(), 6) == 20.0).all()

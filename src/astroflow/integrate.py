@@ -417,8 +417,11 @@ def _combine_columns(x, state, start, weights, median, value, low_frac, high_fra
     """Weighted average (or median) of the kept values of columns ``start:start + len(value)``
     of a ``(N, P)`` band (the band's inner rows; halo rows are only read for the growth).
 
-    Writes per column: ``value`` (NaN-free, 0 where nothing is kept), the fraction of valid
-    values rejected low / high, and the number of valid values.
+    Writes per column: ``value`` (NaN-free; 0 only where no frame has data), the fraction of
+    valid values rejected low / high, and the number of valid values. A column whose every
+    value was rejected (percentile clipping around a median near 0, a trail over 2 of 3 frames)
+    takes the median of all its values: the rejection maps still show it fully rejected, and the
+    image has no hole.
     """
     n = x.shape[0]
     p = value.size
@@ -448,7 +451,15 @@ def _combine_columns(x, state, start, weights, median, value, low_frac, high_fra
                 else:
                     num += weights[i] * v
                     den += weights[i]
-            if median:
+            if nv > 0 and nl + nh == nv:  # all rejected: the median of every valid value
+                m = 0
+                for i in range(n):
+                    if np.isfinite(x[i, j]):
+                        s[m] = x[i, j]
+                        m += 1
+                _sort(s, m)
+                value[jj] = _median_sorted(s, m)
+            elif median:
                 if m > 0:
                     _sort(s, m)
                     value[jj] = _median_sorted(s, m)

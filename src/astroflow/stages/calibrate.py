@@ -71,6 +71,9 @@ def calibrate_frame(raw, header, exptime: float, masters: Masters, cfg: dict, ba
         if m is not None:
             np.maximum(bad, m, out=bad)
     noise = measure.noise_sigma(img)  # defects are clipped out of it: valid after repair too
+    if not noise > 0:  # nothing to weight it by, nothing to detect against
+        level = float(np.nanmedian(img))
+        raise FrameError(f"no noise: the image is flat at {level:g} ADU (blank, saturated or synthetic?)")
     if cc["enabled"] and cc["auto_detect"]:
         bad |= cosmetic.isolated_defects(img, cc["auto_sigma"], noise, cfa=cfa)
     img = cosmetic.correct(img, bad if cc["enabled"] else np.zeros(img.shape, np.uint8), cfa=cfa)
