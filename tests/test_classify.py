@@ -130,3 +130,77 @@ def test_dangling_links_and_results_folders_in_the_data(tmp_path):
     table = scan(tmp_path).set_index(scan(tmp_path)["path"].map(lambda p: Path(p).name))
     assert not table.loc["gone.fits", "accepted"] and "gone.fits" in table.loc["gone.fits", "reason"]
     assert "Integration_L.fits" not in table.index  # a run's results are never inputs
+
+
+def _calibration_night(tmp_path, lights, calibration):
+    """Write lights and calibration frames: ``(name, header)`` pairs under lights/ and cal/."""
+    for name, h in lights:
+        _write(tmp_path / "lights" / name, {"IMAGETYP": "LIGHT", "OBJECT": "x", "FILTER": "L", **h})
+    for name, h in calibration:
+        _write(tmp_path / "cal" / name, h)
+    plan, table = build_plan(scan(tmp_path), {**CFG, "calibration": CAL}, tmp_path)
+    return plan["x"]["masters"], table.set_index(table["path"].map(lambda p: Path(p).name))
+
+
+CAL = {"dark_temperature_tolerance": 5.0, "dark_scaling": "auto"}
+
+
+def test_darks_of_two_temperatures_and_lights_of_two_gains_are_matched_per_light(tmp_path):
+    lights = [(f"cold_{g}.fits", {"EXPTIME": 60.0, "CCD-TEMP": -10.0, "GAIN": g}) for g in (100, 200)]
+    lights.append(("warm.fits", {"EXPTIME": 60.0, "CCD-TEMP": 10.2, "GAIN": 100}))
+    darks = [
+        (f"d{t}_{g}_{i}.fits", {"IMAGETYP": "DARK", "EXPTIME": 60.0, "CCD-TEMP": t, "GAIN": g})
+        for t in (-10.0, 10.0)
+        for g in (100, 200)
+        for i in range(2)
+    ]
+    masters, row = _calibration_night(tmp_path, lights, darks)
+    assert row.loc["cold_100.fits", "dark"] == "AutoMasterDark_60s_G100_-10C"
+    assert row.loc["cold_200.fits", "dark"] == "AutoMasterDark_60s_G200_-10C"
+    assert row.loc["warm.fits", "dark"] == "AutoMasterDark_60s_G100_10C"
+    assert sorted(masters["AutoMasterDark_60s_G100_-10C"]["files"])[0].endswith("d-10.0_100_0.fits")
+    assert not row.loc["d10.0_200_0.fits", "accepted"]  # no warm light at gain 200
+    assert "unused" in row.loc["d10.0_200_0.fits", "reason"]
+
+
+def test_a_dark_of_another_exposure_is_scaled_with_the_bias(tmp_path):
+    lights = [("a.fits", {"EXPTIME": 60.0, "GAIN": 100})]
+    cal = [(f"d{i}.fits", {"IMAGETYP": "DARK", "EXPTIME": 120.0, "GAIN": 100}) for i in range(2)]
+    cal += [(f"b{i}.fits", {"IMAGETYP": "BIAS", "EXPTIME": 0.0, "GAIN": 100}) for i in range(2)]
+    cal += [(f"b_other{i}.fits", {"IMAGETYP": "BIAS", "EXPTIME": 0.0, "GAIN": 300}) for i in range(2)]
+    masters, row = _calibration_night(tmp_path, lights, cal)
+    dark = row.loc["a.fits", "dark"]
+    assert masters[dark]["calibrate_with"] == {"bias": row.loc["a.fits", "bias"]}
+    assert "scaled to 60s" in row.loc["a.fits", "notes"]
+    assert "settings (gain 300" in row.loc["b_other0.fits", "reason"]
+
+
+def test_each_night_is_calibrated_with_its_own_frames(tmp_path):
+    def night(day, hour):
+        return f"2026-11-{day}T{hour}:00:00"
+
+    lights = [
+        (f"n{d}_{i}.fits", {"EXPTIME": 60.0, "DATE-OBS": night(d, 21 + i)})
+        for d in (20, 25)
+        for i in range(2)
+    ]
+    cal = [
+        (
+            f"{kind}{d}_{i}.fits",
+            {"IMAGETYP": kind.upper(), "EXPTIME": e, "FILTER": "L", "DATE-OBS": night(d, 23)},
+        )
+        for d in (20, 25)
+        for kind, e in (("dark", 60.0), ("flat", 1.0))
+        for i in range(2)
+    ]
+    cal.append(("flat_R.fits", {"IMAGETYP": "FLAT", "EXPTIME": 1.0, "FILTER": "R"}))
+    masters, row = _calibration_night(tmp_path, lights, cal)
+    for d in (20, 25):
+        for i in range(2):
+            light = row.loc[f"n{d}_{i}.fits"]
+            assert (
+                light["dark"] == f"AutoMasterDark_60s_2026-11-{d}"
+                and light["flat"] == f"AutoMasterFlat_L_2026-11-{d}"
+            )
+        assert all(f"dark{d}_" in Path(f).name for f in masters[f"AutoMasterDark_60s_2026-11-{d}"]["files"])
+    assert row.loc["flat_R.fits", "reason"] == "unused: no light of filter R"

@@ -179,6 +179,7 @@ COLUMNS = [
     "height",
     "instrument",
     "bayer",
+    "date",
     "accepted",
     "reason",
 ]
@@ -253,6 +254,7 @@ def scan(
             height=int(header.get("NAXIS2", 0)),
             instrument=str(header.get("INSTRUME", "") or "").strip(),
             bayer=bayer or "",
+            date=str(header.get("DATE-OBS", "") or "").strip(),
         )
         if kind is None:
             row.update(

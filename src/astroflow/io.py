@@ -93,7 +93,9 @@ def parse_number(text: str):
 
 
 # a FITS value field of plain syntax: string, logical, integer or real, then an optional comment
-_VALUE = re.compile(r" *(?:'(?:[^'\x00-\x1f]|'')*'|[TF]|[-+]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][-+]?\d+)?)? *(?:/[^\x00-\x1f]*)?$")
+_VALUE = re.compile(
+    r" *(?:'(?:[^'\x00-\x1f]|'')*'|[TF]|[-+]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][-+]?\d+)?)? *(?:/[^\x00-\x1f]*)?$"
+)
 
 
 def _lenient(header: fits.Header, path) -> fits.Header:
@@ -112,7 +114,9 @@ def _lenient(header: fits.Header, path) -> fits.Header:
         except Exception as exc:  # VerifyError, ValueError: whatever the card holds
             bad.append((i, card.keyword, exc))
     for i, keyword, exc in reversed(bad):
-        log.warning("%s: header card %s is unparsable and ignored (%s)", path, keyword, str(exc).splitlines()[0])
+        log.warning(
+            "%s: header card %s is unparsable and ignored (%s)", path, keyword, str(exc).splitlines()[0]
+        )
         del header[i]
     return header
 

@@ -56,29 +56,7 @@ def _group(frames: pd.DataFrame, keys: list[str]) -> list[pd.DataFrame]:
     if frames.empty:
         return []
     filled = frames[keys].astype(str)
-    return [frames.iloc[pos] for pos in filled.groupby(keys, sort=True).indices.values()]
-
-
-def _label(prefix: str, group: pd.DataFrame, parts: list[str], unique: bool) -> str:
-    if unique:
-        return prefix
-    first = group.iloc[0]
-    bits = []
-    for key in parts:
-        value = first[key]
-        if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
-            continue
-        bits.append(
-            {
-                "exptime": f"{_fmt(value)}s",
-                "gain": f"G{_fmt(value)}",
-                "offset": f"O{_fmt(value)}",
-                "xbinning": f"bin{value}",
-                "width": f"{value}x{first['height']}",
-                "instrument": str(value).replace(" ", ""),
-            }.get(key, _fmt(value))
-        )
-    return "_".join([prefix, *bits])
+    return [frames.iloc[pos] for pos in filled.groupby(keys, sort=True, dropna=False).indices.values()]
 
 
 def build_plan(table: pd.DataFrame, cfg: dict, data_dir) -> tuple[dict, pd.DataFrame]:
@@ -103,6 +81,7 @@ def build_plan(table: pd.DataFrame, cfg: dict, data_dir) -> tuple[dict, pd.DataF
     plan: dict = {}
     for target, tlights in lights.groupby("target", sort=True):
         plan[target] = _plan_lights(table, tlights, rel, cfg)
+    _mark_unused(table, plan, float(cfg["calibration"]["dark_temperature_tolerance"]))
     for target in sorted(set(stacks["target"]) - set(plan)):
         first = stacks[stacks["target"] == target].iloc[0]
         plan[target] = {
@@ -127,6 +106,55 @@ def build_plan(table: pd.DataFrame, cfg: dict, data_dir) -> tuple[dict, pd.DataF
             continue
         table.loc[idx, ["accepted", "reason"]] = [False, reason]
     return plan, table
+
+
+CALIBRATION_TYPES = ("bias", "dark", "flatdark", "flat")
+
+
+def _settings(r: pd.Series) -> str:
+    bits = [r["instrument"] or "", f"gain {_fmt(r['gain'])}" if pd.notna(r["gain"]) else ""]
+    bits += [
+        f"offset {_fmt(r['offset'])}" if pd.notna(r["offset"]) else "",
+        f"bin {r['xbinning']}x{r['ybinning']}",
+    ]
+    return ", ".join(b for b in [*bits, f"{r['width']}x{r['height']}"] if b)
+
+
+def _unused_reason(cal: pd.Series, lights: pd.DataFrame, tol: float) -> str:
+    """Why a calibration frame calibrates no light (its filter, size, binning, settings,
+    temperature or exposure)."""
+    kind = cal["type"]
+    keys = FLAT_KEYS if kind == "flat" else CAMERA_KEYS
+    if kind == "flat":
+        lights = lights[lights["filter"] == cal["filter"]]
+        if lights.empty:
+            return f"unused: no light of filter {cal['filter']}"
+    fits = lights[[_compatible(cal, light, keys) for _, light in lights.iterrows()]]
+    if fits.empty:
+        return f"unused: no light with its settings ({_settings(cal)})"
+    if kind == "dark":
+        t = cal["temperature"]
+        if (
+            pd.notna(t)
+            and fits["temperature"].notna().all()
+            and ((fits["temperature"] - t).abs() > tol).all()
+        ):
+            return f"unused: CCD-TEMP {t:g} °C is more than {tol:g} °C from every light's"
+        return f"unused: another dark is nearer every light in exposure ({_fmt(cal['exptime'])}s) or time"
+    if kind == "bias":
+        return "unused: the darks hold the bias and the flats have flat-darks (or no bias)"
+    if kind == "flatdark":
+        return "unused: no flat of its filter or exposure"
+    return "unused: another set of flats is nearer every light in time"
+
+
+def _mark_unused(table: pd.DataFrame, plan: dict, tol: float) -> None:
+    """Calibration frames that are in no master any light uses: not accepted, with the reason."""
+    used = {f for p in plan.values() for m in p["masters"].values() for f in m["files"]}
+    lights = table[table["accepted"] & (table["type"] == "light")]
+    for idx, cal in table[table["accepted"] & table["type"].isin(CALIBRATION_TYPES)].iterrows():
+        if cal["path"] not in used:
+            table.loc[idx, ["accepted", "reason"]] = [False, _unused_reason(cal, lights, tol)]
 
 
 def _filter_order(f: str):
@@ -252,100 +280,191 @@ def _files(frames: pd.DataFrame) -> dict:
     return {"files": list(frames["path"]), "sha256": list(frames.get("sha256", [""] * len(frames)))}
 
 
+SESSION_GAP_HOURS = 12.0  # calibration frames of one kind further apart in time are separate sets
+FLAT_KEYS = ["instrument", "xbinning", "ybinning", "width", "height"]  # flats may use another gain
+
+
+def _hours(table: pd.DataFrame) -> pd.Series:
+    """DATE-OBS of each row in hours (NaN where unknown)."""
+    when = pd.to_datetime(table["date"].replace("", None), errors="coerce", utc=True)
+    return (when - pd.Timestamp("2000-01-01", tz="UTC")).dt.total_seconds() / 3600
+
+
+def _split(frames: pd.DataFrame, column: str, gap: float) -> list[pd.DataFrame]:
+    """``frames`` split where sorted values of ``column`` jump by more than ``gap`` (unknown
+    values form one more set)."""
+    known = frames[frames[column].notna()].sort_values(column)
+    parts = []
+    if len(known):
+        breaks = (known[column].diff() > gap).cumsum()
+        parts = [g for _, g in known.groupby(breaks, sort=True)]
+    unknown = frames[frames[column].isna()]
+    return parts + ([unknown] if len(unknown) else [])
+
+
+def _sets(frames: pd.DataFrame, keys: list[str], temperature_gap: float | None = None) -> list[pd.DataFrame]:
+    """Frames that make one master: equal ``keys``, CCD-TEMP within ``temperature_gap`` of each
+    other (darks), taken within ``SESSION_GAP_HOURS`` of each other (a night's frames)."""
+    out = []
+    for g in _group(frames, keys):
+        for t in _split(g, "temperature", temperature_gap) if temperature_gap is not None else [g]:
+            out += _split(t, "hours", SESSION_GAP_HOURS)
+    return out
+
+
+def _names(prefix: str, sets: list[pd.DataFrame], parts: dict) -> list[str]:
+    """One name per set: ``prefix`` plus the parts (column -> formatter) that differ between
+    the sets, then the night's date and a number if still needed (a single set keeps the plain
+    name AutoIntegrate users know)."""
+    varying = [c for c in parts if len({str(s[c].iloc[0]) for s in sets}) > 1]
+    names = []
+    for s in sets:
+        first = s.iloc[0]
+        bits = [
+            parts[c](first[c]) for c in varying if not (isinstance(first[c], float) and pd.isna(first[c]))
+        ]
+        names.append("_".join([prefix, *bits]))
+    if len(set(names)) < len(names):  # same settings on different nights
+        names = [f"{n}_{str(s['date'].min())[:10] or 'undated'}" for n, s in zip(names, sets, strict=True)]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        seen[n] = seen.get(n, 0) + 1
+        names[i] = n if seen[n] == 1 else f"{n}_{seen[n]}"
+    return names
+
+
+_NAME_PARTS = {
+    "instrument": lambda v: str(v).replace(" ", ""),
+    "gain": lambda v: f"G{_fmt(v)}",
+    "offset": lambda v: f"O{_fmt(v)}",
+    "xbinning": lambda v: f"bin{v}",
+    "width": lambda v: f"{v}px",
+    "temperature": lambda v: f"{v:.0f}C",
+}
+
+
+def _nearest(sets: list[dict], light: pd.Series, extra=None):
+    """The set closest in time to ``light`` (ties: the first; ``extra`` ranks before time)."""
+    if not sets:
+        return None
+
+    def rank(s):
+        dt = abs(s["hours"] - light["hours"]) if pd.notna(s["hours"]) and pd.notna(light["hours"]) else 0.0
+        return (*(extra(s) if extra else ()), dt)
+
+    return min(sets, key=rank)
+
+
 def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict, cfa: bool) -> dict:
     """Masters of a target and which calibrate each light; ``cfa``: one-shot-colour lights, whose
-    masters' defect maps are found per Bayer colour."""
-    ok = table["accepted"]
+    masters' defect maps are found per Bayer colour.
+
+    Every light is matched on its own camera settings (instrument, gain, offset, binning, size);
+    darks of different temperatures, and the frames of different nights (DATE-OBS more than
+    ``SESSION_GAP_HOURS`` apart), make separate masters, and each light takes the one nearest
+    in time: several nights with their own calibration frames are each calibrated with their own.
+    A dark of another exposure is scaled when a bias is available (``dark_scaling``).
+    """
+    table = table[table["accepted"]].assign(hours=_hours(table[table["accepted"]]))
+    tlights = tlights.assign(hours=_hours(tlights))
+    tol = float(cal["dark_temperature_tolerance"])
+
+    def entries(found, names, **extra):
+        return [
+            {"name": n, "frames": f, "first": f.iloc[0], "hours": f["hours"].median(),
+             "temperature": f["temperature"].median(), "exptime": float(f["exptime"].iloc[0] or 0), **extra}
+            for n, f in zip(names, found, strict=True)
+        ]  # fmt: skip
+
+    camera_parts = {k: _NAME_PARTS[k] for k in ("instrument", "gain", "offset", "xbinning", "width")}
+    found = _sets(table[table["type"] == "bias"], CAMERA_KEYS)
+    biases = entries(found, _names("AutoMasterBias", found, camera_parts))
+    darks, flats = [], []
+    for exptime, group in table[table["type"] == "dark"].groupby("exptime", sort=True):
+        found = _sets(group, CAMERA_KEYS, tol)
+        parts = {**camera_parts, "temperature": _NAME_PARTS["temperature"]}
+        darks += entries(found, _names(f"AutoMasterDark_{_fmt(float(exptime))}s", found, parts))
+    for filt, group in table[table["type"] == "flat"].groupby("filter", sort=True):
+        found = _sets(group, FLAT_KEYS)
+        parts = {k: camera_parts[k] for k in ("instrument", "xbinning", "width")}
+        flats += entries(found, _names(f"AutoMasterFlat_{filt}", found, parts), filter=filt)
+    found = _sets(table[table["type"] == "flatdark"], [*CAMERA_KEYS, "exptime", "filter"])
+    flatdarks = [{**e, "filter": e["first"]["filter"]} for e in entries(found, [""] * len(found))]
+
     masters: dict[str, dict] = {}
     per_light: dict[int, dict] = {i: {} for i in tlights.index}
     notes: dict[int, list[str]] = {i: [] for i in tlights.index}
-    ref = tlights.iloc[0]
 
-    def usable(kind):
-        frames = table[ok & (table["type"] == kind)]
-        keep = [i for i, r in frames.iterrows() if _compatible(r, ref, CAMERA_KEYS)]
-        return frames.loc[keep]
+    def bias_for(row):
+        return _nearest([b for b in biases if _compatible(b["first"], row, CAMERA_KEYS)], row)
 
-    # Bias: one group (the frames matching the lights' camera settings).
-    bias_frames = usable("bias")
-    bias_name = None
-    if len(bias_frames):
-        bias_name = "AutoMasterBias"
-        masters[bias_name] = {"kind": "bias", **_files(bias_frames), "calibrate_with": {}}
+    def add(entry, kind, **spec):
+        if entry["name"] not in masters:
+            masters[entry["name"]] = {"kind": kind, **_files(entry["frames"]), "calibrate_with": {}, **spec}
+        return entry["name"]
 
-    # Darks: grouped by exposure (and temperature bucket), matched to each light.
-    dark_frames = usable("dark")
-    dark_groups = _group(dark_frames, ["exptime"])
-    dark_info = []
-    for g in dark_groups:
-        name = f"AutoMasterDark_{_fmt(float(g['exptime'].iloc[0]))}s"
-        temp = g["temperature"].dropna().median() if g["temperature"].notna().any() else None
-        masters[name] = {"kind": "dark", **_files(g), "calibrate_with": {}, "cfa": cfa}
-        dark_info.append((name, float(g["exptime"].iloc[0]), temp))
+    def flat_calibration(flat) -> dict:
+        """A flat's flat-dark (same settings, filter or exposure), else its bias."""
+        first = flat["first"]
+        exps = set(flat["frames"]["exptime"].dropna())
+        fds = [
+            d
+            for d in flatdarks
+            if _compatible(d["first"], first, CAMERA_KEYS)
+            and (d["filter"] == first["filter"] or d["exptime"] in exps)
+        ]
+        fd = _nearest(fds, first, extra=lambda d: (d["filter"] != first["filter"],))
+        if fd is not None:
+            fd_name = flat["name"].replace("AutoMasterFlat_", "AutoMasterFlatDark_", 1)
+            masters.setdefault(fd_name, {"kind": "flatdark", **_files(fd["frames"]), "calibrate_with": {}})
+            return {"dark": fd_name}
+        fbias = bias_for(first)
+        return {"bias": add(fbias, "bias")} if fbias is not None else {}
 
-    # Flat-darks per filter, flats per filter.
-    flatdark_frames = usable("flatdark")
-    flat_frames = usable("flat")
-    tol = float(cal["dark_temperature_tolerance"])
-    for filt in sorted(tlights["filter"].unique()):
-        fflats = flat_frames[flat_frames["filter"] == filt]
-        if fflats.empty:
-            continue
-        fname = f"AutoMasterFlat_{filt}"
-        with_ = {}
-        fd = flatdark_frames[flatdark_frames["filter"] == filt]
-        if fd.empty and len(flatdark_frames):
-            exps = set(fflats["exptime"].dropna())
-            fd = flatdark_frames[flatdark_frames["exptime"].isin(exps)]
-        if len(fd):
-            fdname = f"AutoMasterFlatDark_{filt}"
-            masters[fdname] = {"kind": "flatdark", **_files(fd), "calibrate_with": {}}
-            with_["dark"] = fdname
-        elif bias_name:
-            with_["bias"] = bias_name
-        masters[fname] = {
-            "kind": "flat",
-            **_files(fflats),
-            "calibrate_with": with_,
-            "cfa": cfa,
-        }
+    def temperature_ok(d, light) -> bool:
+        t, lt = d["temperature"], light["temperature"]
+        return pd.isna(t) or pd.isna(lt) or abs(t - lt) <= tol
 
+    scaled_darks: dict[str, dict] = {}  # name -> the bias it is made with
     for idx, light in tlights.iterrows():
         choice = per_light[idx]
-        candidates = [
-            d
-            for d in dark_info
-            if d[2] is None or pd.isna(light["temperature"]) or abs(d[2] - light["temperature"]) <= tol
-        ]
-        if dark_info and not candidates:
+        bias = bias_for(light)
+        camera = [d for d in darks if _compatible(d["first"], light, CAMERA_KEYS)]
+        near = [d for d in camera if temperature_ok(d, light)]
+        if camera and not near:
             notes[idx].append(f"no dark within {tol:g} °C of CCD-TEMP {light['temperature']:g}")
-        if candidates:
-            name, exp, _ = min(candidates, key=lambda d: (abs(d[1] - light["exptime"]), d[1]))
-            choice["dark"] = name
-            scaled = bool(cal["dark_scaling"] and bias_name)
-            if scaled:
-                choice["bias"] = bias_name  # the master dark is then bias-subtracted
-            if exp > 0 and abs(exp - light["exptime"]) / light["exptime"] > 0.10:
-                if scaled:
-                    notes[idx].append(f"dark {exp:g}s scaled to {light['exptime']:g}s")
-                else:
-                    notes[idx].append(
-                        f"warning: dark exposure {exp:g}s differs from {light['exptime']:g}s by >10%"
-                    )
-        elif bias_name:
-            choice["bias"] = bias_name
+        exptime = light["exptime"]
+        dark = _nearest(near, light, extra=lambda d, e=exptime: (abs(d["exptime"] - e), d["exptime"]))
+        if dark is not None:
+            choice["dark"] = add(dark, "dark", cfa=cfa)
+            exp = dark["exptime"]
+            differs = exp > 0 and abs(exp - exptime) / exptime > 0.10
+            scale = bias is not None and (
+                cal["dark_scaling"] is True or (cal["dark_scaling"] == "auto" and differs)
+            )
+            if scale:
+                scaled_darks.setdefault(dark["name"], bias)
+                choice["bias"] = add(bias, "bias")  # the master dark is then bias-subtracted
+                if differs:
+                    notes[idx].append(f"dark {exp:g}s scaled to {exptime:g}s")
+            elif differs:
+                notes[idx].append(f"warning: dark exposure {exp:g}s differs from {exptime:g}s by >10%")
+        elif bias is not None:
+            choice["bias"] = add(bias, "bias")
         if "dark" not in choice and "bias" not in choice:
             notes[idx].append("no bias or dark: not bias/dark calibrated")
-        fname = f"AutoMasterFlat_{light['filter']}"
-        if fname in masters:
-            choice["flat"] = fname
-        else:
+        same = [
+            f for f in flats if f["filter"] == light["filter"] and _compatible(f["first"], light, FLAT_KEYS)
+        ]
+        flat = _nearest(same, light)
+        if flat is None:
             notes[idx].append("no flat for this filter: not flat-fielded")
-    if "AutoMasterBias" in masters and cal["dark_scaling"]:
-        for info in masters.values():
-            if info["kind"] == "dark":
-                info["calibrate_with"] = {"bias": "AutoMasterBias"}
-    used = {n for c in per_light.values() for n in c.values()}
-    used |= {n for m in masters.values() for n in m["calibrate_with"].values() if n}
-    masters = {n: m for n, m in masters.items() if n in used}
+            continue
+        if flat["name"] not in masters:
+            add(flat, "flat", cfa=cfa)
+            masters[flat["name"]]["calibrate_with"] = flat_calibration(flat)
+        choice["flat"] = flat["name"]
+    for name, bias in scaled_darks.items():
+        own = bias_for(next(d for d in darks if d["name"] == name)["first"])
+        masters[name]["calibrate_with"] = {"bias": add(own or bias, "bias")}
     return {"masters": masters, "per_light": per_light, "notes": notes}
