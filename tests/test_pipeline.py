@@ -233,3 +233,34 @@ def test_empty_folder_is_a_clear_error(tmp_path):
     proc = run_snakemake(tmp_path / "empty", tmp_path / "out", check=False)
     assert proc.returncode != 0
     assert "no usable light frames" in proc.stdout + proc.stderr
+
+
+def test_every_input_file_is_in_frames_tsv_whatever_fails(mono_night, tmp_path, copy_night):
+    """A target with no light to register fails at the reference step (no crash there, its
+    integration names it), and a target whose only light is unreadable has no plan at all: the
+    good target is still finished, and every file of the folder is in a frames.tsv with the
+    reason."""
+    night = copy_night(mono_night, tmp_path / "night")
+    header = fits.getheader(sorted((night / "lights/L").glob("*.fits"))[0])
+    for i in range(3):  # a camera test: flat images (no stars), another gain (no darks)
+        h = header.copy()
+        h["OBJECT"], h["GAIN"] = "Dome", 999
+        fits.PrimaryHDU(np.full((512, 512), 1500, np.uint16), h).writeto(night / f"lights/dome_{i}.fits")
+    h = header.copy()
+    h["OBJECT"] = "M 31"
+    fits.PrimaryHDU(np.zeros((512, 512), np.uint16), h).writeto(night / "lights/m31.fits")
+    raw = (night / "lights/m31.fits").read_bytes()
+    (night / "lights/m31.fits").write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "out"
+    proc = run_snakemake(night, out, check=False)
+    assert proc.returncode != 0 and "Dome" in proc.stderr  # the failing target is named ...
+    assert (out / "NGC_7000/final/AutoMono/AutoMono.fits").exists()  # ... and costs the other nothing
+    dome = _frames(out, "Dome").set_index("path")
+    for i in range(3):
+        row = dome.loc[f"lights/dome_{i}.fits"]
+        assert not row["accepted"] and "no registration reference" in row["reason"]
+    good = _frames(out).set_index("path")
+    assert "truncated" in good.loc["lights/m31.fits", "reason"]  # its target has no plan
+    listed = set(good.index) | set(dome.index)
+    every = {p.relative_to(night).as_posix() for p in night.rglob("*.fits") if "truth" not in p.parts}
+    assert every <= listed

@@ -289,9 +289,8 @@ def chunks_of(target, filt=None):
 def target_table(target):
     """Rows of the classified table that belong in this target's frames.tsv."""
     t = TABLE
-    unassigned = (
-        t["target"].fillna("").eq("")
-    )  # calibration frames and unreadable files
+    # calibration frames, unreadable files, and the files of targets with no usable light
+    unassigned = ~t["target"].fillna("").isin(list(PLAN))
     return t[(t["target"] == target) | unassigned]
 
 

@@ -21,7 +21,7 @@ def frames_table(classified, registered_dirs: list[str], reference_json, data_di
     table = classified.assign(path=[Path(p).relative_to(data_dir).as_posix() for p in classified["path"]])
     tables = [pd.read_csv(Path(d) / "registration.tsv", sep="\t") for d in registered_dirs]
     if tables:  # a target of stacks made elsewhere has none
-        done = pd.concat(tables, ignore_index=True).drop(columns=["exptime", "reference"])
+        done = pd.concat(tables, ignore_index=True).drop(columns=["exptime", "reference"], errors="ignore")
         done = done.rename(columns={"reason": "calibration_reason", "file": "calibrated"})
         table = table.merge(done, on="path", how="left")
     ref = json.loads(Path(reference_json).read_text())["path"] if reference_json else None

@@ -26,6 +26,13 @@ def setup_logging(path: str | Path, threads: int = 1) -> None:
         filename=str(path), level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
     )
     logging.captureWarnings(True)
+    default_hook = sys.excepthook
+
+    def log_failure(kind, value, tb):  # the job's log says why it failed, not only Snakemake's
+        logging.getLogger("astroflow").error("job failed", exc_info=(kind, value, tb))
+        default_hook(kind, value, tb)
+
+    sys.excepthook = log_failure
 
 
 def stem(path: str) -> str:

@@ -20,17 +20,19 @@ def choose_reference(calibrated_dirs: list[str]) -> dict:
     """The registration reference among the lights of ``calibrated_dirs`` (the chunks of the
     target's reference filter, chosen by the plan): :func:`astroflow.measure.best_reference` on
     their ``measure.tsv``. A pure function of those files, so every register job computes it
-    and no job waits for a separate reference step; :func:`reference` records it."""
+    and no job waits for a separate reference step; :func:`reference` records it. Without any
+    light of 3 or more stars it is ``{"path": None, "reason": ...}``: every light of the target
+    is then excluded with that reason, and listed in frames.tsv."""
     ok = [
         r
         for r in read_chunk_tables(calibrated_dirs, "measure.tsv")
         if r["status"] == "ok" and (r.get("stars") or 0) >= 3
     ]
     if not ok:
-        raise RuntimeError(
-            f"no calibrated light in {', '.join(calibrated_dirs)} has 3 or more stars: "
-            "nothing can be registered (see frames.tsv)"
-        )
+        return {
+            "path": None,
+            "reason": "no registration reference: no calibrated light of the reference filter has 3 or more stars",
+        }
     frames = [{**r, **{k: number(r.get(k)) for k in ("fwhm", "eccentricity", "snr")}} for r in ok]
     i, weight = measure.best_reference(frames)
     best = ok[i]
@@ -49,7 +51,11 @@ def reference(calibrated_dirs: list[str], out: str | Path) -> dict:
     are relative (the light's to the data folder, its calibrated file's to the target's results),
     so the record does not depend on where the night or the results are."""
     ref = choose_reference(calibrated_dirs)
-    record = {**ref, "file": Path(ref["file"]).relative_to(Path(out).parent).as_posix()}
+    record = (
+        {**ref, "file": Path(ref["file"]).relative_to(Path(out).parent).as_posix()} if ref["path"] else ref
+    )
+    if not ref["path"]:
+        log.error("%s", ref["reason"])
     with atomic_path(out) as tmp:
         Path(tmp).write_text(json.dumps(record, indent=1))
     return record
@@ -68,6 +74,21 @@ def register(calibrated_dir, reference_dirs: list[str], out_dir, cfg: dict) -> N
     calibrated_dir, out_dir = Path(calibrated_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ref = choose_reference(reference_dirs)
+    if not ref["path"]:
+        rows = [
+            {
+                **r,
+                "reg_status": "excluded",
+                "reg_reason": ref["reason"] if r["status"] == "ok" else "not calibrated",
+            }
+            for r in read_tsv(calibrated_dir / "measure.tsv")
+        ]
+        log.error("%s: %s", calibrated_dir, ref["reason"])
+        write_tsv(
+            [records.check(r, {**records.MEASURE, **records.REGISTRATION}) for r in rows],
+            out_dir / "registration.tsv",
+        )
+        return
     ref_xy = np.asarray(ref["stars"], float)
     ref_header = read_header(ref["file"])
     shape = (int(ref_header["NAXIS2"]), int(ref_header["NAXIS1"]))
