@@ -5,4 +5,4 @@ from astroflow.stages.register import reference
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0], sm.threads)
-reference(list(sm.input), sm.output[0])
+reference(list(sm.input), sm.output[0], sm.params.cfg)

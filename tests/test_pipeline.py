@@ -264,3 +264,33 @@ def test_every_input_file_is_in_frames_tsv_whatever_fails(mono_night, tmp_path, 
     listed = set(good.index) | set(dome.index)
     every = {p.relative_to(night).as_posix() for p in night.rglob("*.fits") if "truth" not in p.parts}
     assert every <= listed
+
+
+def test_subframe_selection_drops_defocused_clouded_and_trailed_lights(mono_night, tmp_path, copy_night):
+    import cv2
+
+    night = copy_night(mono_night, tmp_path / "night")
+    src = sorted((night / "lights/L").glob("*.fits"))[3]
+    data, header = fits.getdata(src).astype(np.float32), fits.getheader(src)
+    sky = float(np.median(data))
+    noise = 1.4826 * float(np.median(np.abs(data - sky)))
+    line = np.full((1, 15), 1 / 15, np.float32)
+    variants = {
+        "defocused.fits": cv2.GaussianBlur(data, (0, 0), 3.0),
+        "clouds.fits": sky + (data - sky) * 0.1 + np.random.default_rng(2).normal(0, noise, data.shape),
+        "trailed.fits": cv2.filter2D(data, -1, line),
+    }
+    for name, img in variants.items():
+        fits.PrimaryHDU(np.clip(img, 0, 65535).astype(np.uint16), header).writeto(night / "lights/L" / name)
+    out = tmp_path / "out"
+    run_snakemake(night, out, "--until", "frames_table")
+    frames = _frames(out).set_index(_frames(out)["path"].map(lambda p: Path(p).name))
+    lights = frames[frames["type"] == "light"]
+    assert "FWHM" in lights.loc["defocused.fits", "reason"]
+    assert "star count" in lights.loc["clouds.fits", "reason"]
+    assert "subframe selection" in lights.loc["trailed.fits", "reason"]
+    good = lights.drop(index=list(variants))
+    assert good["accepted"].all() and (good["ssweight"] > 0).all()
+    assert (
+        good.loc[good["reference"]].index[0] == good["ssweight"].idxmax()
+    )  # the best weight is the reference

@@ -77,6 +77,8 @@ class FrameStats:
     fwhm: float
     eccentricity: float
     snr: float
+    psf_signal: float = float("nan")
+    psf_power: float = float("nan")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -231,37 +233,11 @@ def frame_stats(image: np.ndarray, stars: np.ndarray, noise: float | None = None
         fwhm = float(np.median(use["fwhm"]))
         ecc = float(np.median(use["ecc"]))
         snr = float(np.median(snr_star[: min(50, len(snr_star))]))
+        # the stars' peak over the noise, and its power form (SubframeSelector's PSF signal
+        # and power): lower for clouds, for noise and for blur (a peak falls as 1/FWHM²)
+        peaks = good["peak"].astype(float)
+        psf_signal = float(np.median(peaks) / noise) if noise > 0 else float("nan")
+        psf_power = float(np.mean(peaks**2) / noise**2) if noise > 0 else float("nan")
     else:
-        fwhm = ecc = snr = float("nan")
-    return FrameStats(background, noise, scale, int(len(stars)), fwhm, ecc, snr)
-
-
-def generic_weight(stats: list[dict]) -> np.ndarray:
-    """AutoIntegrate's 'Generic' SSWEIGHT: 20 neg(FWHM) + 15 neg(Ecc) + 25 pos(SNR) + 40."""
-
-    def scaled(values, positive):
-        v = np.asarray(values, float)
-        lo, hi = np.nanmin(v), np.nanmax(v)
-        if not np.isfinite(lo) or hi == lo:
-            return np.full(v.shape, 0.5)
-        s = (v - lo) / (hi - lo)
-        return np.nan_to_num(s if positive else 1 - s, nan=0.0)
-
-    fwhm = scaled([s["fwhm"] for s in stats], False)
-    ecc = scaled([s["eccentricity"] for s in stats], False)
-    snr = scaled([s["snr"] for s in stats], True)
-    return 20 * fwhm + 15 * ecc + 25 * snr + 40
-
-
-def best_reference(frames: list[dict]) -> tuple[int, float]:
-    """Index and weight of the best registration reference among measured frames (dicts with
-    ``stars``, ``fwhm``, ``eccentricity``, ``snr``, ``path``).
-
-    Among frames with at least 90 % of the best star count (a reference must show the stars the
-    others share), the best AutoIntegrate 'Generic' weight; equal weights go to the first path.
-    """
-    weights = generic_weight(frames)
-    most = max(f["stars"] for f in frames)
-    pool = [i for i, f in enumerate(frames) if f["stars"] >= 0.9 * most]
-    best = min(pool, key=lambda i: (-weights[i], frames[i]["path"]))
-    return best, float(weights[best])
+        fwhm = ecc = snr = psf_signal = psf_power = float("nan")
+    return FrameStats(background, noise, scale, int(len(stars)), fwhm, ecc, snr, psf_signal, psf_power)

@@ -27,6 +27,8 @@ MEASURE = {
     "fwhm": (float, "[px] median FWHM of the stars"),
     "eccentricity": (float, "median star eccentricity (0 round)"),
     "snr": (float, "signal-to-noise estimate of the frame"),
+    "psf_signal": (float, "median peak of the unsaturated stars / noise (SubframeSelector's PSF signal)"),
+    "psf_power": (float, "mean squared peak of those stars / noise² (PSF power)"),
     **{f"{k}_{c}": (t, f"{d}, channel {c}") for c in range(CHANNELS) for k, (t, d) in PER_CHANNEL.items()},
 }
 
@@ -42,6 +44,12 @@ REGISTRATION = {
     "rotation": (float, "[deg] rotation"),
     "matrix": (str, "the 2x3 affine from reference to frame pixels, row-major"),
     "reference": (bool, "the registration reference"),
+}
+
+# written by frames_table from the filter's measurements (astroflow.subframes)
+SELECTION = {
+    "ssweight": (float, "SubframeSelector weight (subframes.weight); 0 when rejected"),
+    "selection_reason": (str, "why subframe selection rejected the light"),
 }
 
 

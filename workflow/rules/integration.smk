@@ -52,6 +52,7 @@ rule frames_table:
     params:
         table=lambda wc: target_table(wc.target).to_dict("list"),
         data=str(DATA),
+        cfg=stage_cfg("frames_table"),
         code=stage_code("frames_table"),
     script:
         "../../scripts/frames_table.py"

@@ -39,6 +39,7 @@ rule reference:
     conda:
         "../../envs/astroflow.yaml"
     params:
+        cfg=stage_cfg("reference"),
         code=stage_code("reference"),
     script:
         "../../scripts/reference.py"

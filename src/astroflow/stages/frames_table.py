@@ -5,15 +5,43 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import records
 from .job import write_frame
 
 
-def frames_table(classified, registered_dirs: list[str], reference_json, data_dir, out):
-    """Merge classification, calibration, measurement and registration into ``frames.tsv``.
+def _selection(tables: list, cfg: dict):
+    """SSWEIGHT and subframe-selection reason of every registered light, filter by filter: the
+    same pure function of the same rows the integrate stage applies."""
+    import pandas as pd
 
-    A light is ``accepted`` only if it was classified, calibrated and registered; ``reason`` holds
-    the first problem met. Rows are keyed by the file's path; ``path`` is written relative to
-    ``data_dir`` (the table does not depend on where the night is).
+    from .. import subframes
+    from ..tables import read_chunk_tables
+
+    rows = []
+    by_filter: dict[str, list[str]] = {}
+    for d in tables:
+        by_filter.setdefault(Path(d).name.rsplit("_", 1)[0], []).append(d)
+    for dirs in by_filter.values():
+        ok = sorted(
+            (r for r in read_chunk_tables(dirs, "registration.tsv") if r.get("reg_status") == "ok"),
+            key=lambda r: r["path"],
+        )
+        if ok:
+            weights, reasons = subframes.select(ok, cfg["subframes"])
+            rows += [
+                {"path": r["path"], "ssweight": round(float(w), 6), "selection_reason": why}
+                for r, w, why in zip(ok, weights, reasons, strict=True)
+            ]
+    return pd.DataFrame(rows, columns=["path", *records.SELECTION])
+
+
+def frames_table(classified, registered_dirs: list[str], reference_json, data_dir, out, cfg: dict):
+    """Merge classification, calibration, measurement, registration and subframe selection into
+    ``frames.tsv``.
+
+    A light is ``accepted`` only if it was classified, calibrated, registered and kept by subframe
+    selection; ``reason`` holds the first problem met. Rows are keyed by the file's path; ``path``
+    is written relative to ``data_dir`` (the table does not depend on where the night is).
     """
     import pandas as pd
 
@@ -23,17 +51,22 @@ def frames_table(classified, registered_dirs: list[str], reference_json, data_di
     if tables:  # a target of stacks made elsewhere has none
         done = pd.concat(tables, ignore_index=True).drop(columns=["exptime", "reference"], errors="ignore")
         done = done.rename(columns={"reason": "calibration_reason", "file": "calibrated"})
-        table = table.merge(done, on="path", how="left")
+        table = table.merge(done, on="path", how="left").merge(
+            _selection(registered_dirs, cfg), on="path", how="left"
+        )
     ref = json.loads(Path(reference_json).read_text())["path"] if reference_json else None
     table["reference"] = table["path"] == ref
     lights = (table["type"] == "light") & table["accepted"]
-    for col in ("calibration_reason", "reg_reason"):
+    for col in ("calibration_reason", "reg_reason", "selection_reason"):
         if col not in table:
             continue
         problem = lights & table[col].fillna("").astype(str).ne("")
         table.loc[problem, "reason"] = table.loc[problem, col]
         table.loc[problem, "accepted"] = False
         lights &= ~problem
-    table = table.drop(columns=["calibration_reason", "reg_reason", "status", "reg_status"], errors="ignore")
+    table = table.drop(
+        columns=["calibration_reason", "reg_reason", "selection_reason", "status", "reg_status"],
+        errors="ignore",
+    )
     write_frame(table, Path(out))
     return table

@@ -24,11 +24,20 @@ def integrate(
     Frames are read band by band within ``memory_mb`` MB (the result does not depend on it);
     they are combined in the order of their paths, whatever chunks they came in."""
     from .. import integrate as lib
+    from .. import subframes
 
     rows = read_chunk_tables(registered_dirs, "registration.tsv")
     ok = sorted((r for r in rows if r.get("reg_status") == "ok"), key=lambda r: r["path"])
     if not ok:
         raise RuntimeError(f"filter {filt}: no frame could be calibrated and registered (see frames.tsv)")
+    ssweight, reasons = subframes.select(ok, cfg["subframes"])
+    for r, why in zip(ok, reasons, strict=True):
+        if why:
+            log.warning("%s: %s", r["path"], why)
+    ssweight = np.array([w for w, why in zip(ssweight, reasons, strict=True) if not why])
+    ok = [r for r, why in zip(ok, reasons, strict=True) if not why]
+    if not ok:
+        raise RuntimeError(f"filter {filt}: subframe selection rejected every frame (see frames.tsv)")
     ic = cfg["integration"]
     n = len(ok)
     channels = sum(
@@ -40,8 +49,12 @@ def integrate(
         np.array([[number(r[records.per_channel(k, c)]) for c in range(channels)] for r in ok])
         for k in ("noise", "scale", "background")
     )
-    w = lib.frame_weights(noise, scale, ic["weights"])
-    ref = int(np.argmax(w))
+    w = (
+        ssweight / ssweight.max()
+        if ic["weights"] == "ssweight"
+        else lib.frame_weights(noise, scale, ic["weights"])
+    )
+    ref = subframes.best(ok, ssweight)  # the best SSWEIGHT: the normalisation reference
     method = ic["rejection"]
     if method in ("auto", "auto1", "auto2"):
         method = lib.auto_rejection(max(n, 3), "auto1" if method == "auto1" else "auto2")

@@ -9,20 +9,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import measure, records
+from .. import records
 from ..io import FrameError, atomic_path, copy_wcs, read_header, read_image, write_fits
 from ..tables import number, read_chunk_tables, read_tsv, write_tsv
 
 log = logging.getLogger("astroflow")
 
 
-def choose_reference(calibrated_dirs: list[str]) -> dict:
+def choose_reference(calibrated_dirs: list[str], cfg: dict) -> dict:
     """The registration reference among the lights of ``calibrated_dirs`` (the chunks of the
-    target's reference filter, chosen by the plan): :func:`astroflow.measure.best_reference` on
-    their ``measure.tsv``. A pure function of those files, so every register job computes it
-    and no job waits for a separate reference step; :func:`reference` records it. Without any
-    light of 3 or more stars it is ``{"path": None, "reason": ...}``: every light of the target
-    is then excluded with that reason, and listed in frames.tsv."""
+    target's reference filter, chosen by the plan): the best SSWEIGHT of subframe selection
+    (:mod:`astroflow.subframes`, ``cfg['subframes']``) among the lights with 3 stars or more, or
+    the user's ``subframes.reference``. A pure function of those files, so every register job
+    computes it and no job waits for a separate reference step; :func:`reference` records it.
+    Without any such light it is ``{"path": None, "reason": ...}``: every light of the target is
+    then excluded with that reason, and listed in frames.tsv."""
+    from .. import subframes
+
     ok = [
         r
         for r in read_chunk_tables(calibrated_dirs, "measure.tsv")
@@ -33,24 +36,24 @@ def choose_reference(calibrated_dirs: list[str]) -> dict:
             "path": None,
             "reason": "no registration reference: no calibrated light of the reference filter has 3 or more stars",
         }
-    frames = [{**r, **{k: number(r.get(k)) for k in ("fwhm", "eccentricity", "snr")}} for r in ok]
-    i, weight = measure.best_reference(frames)
-    best = ok[i]
+    ok.sort(key=lambda r: r["path"])
+    weights, _ = subframes.select(ok, cfg["subframes"])
+    best = ok[subframes.best(ok, weights, cfg["subframes"]["reference"])]
     stars = np.load(Path(best["dir"]) / "stars.npz")[best["file"]]
     return {
         "path": best["path"],
         "file": str(Path(best["dir"]) / best["file"]),
-        "weight": weight,
+        "ssweight": float(weights[ok.index(best)]),
         "fwhm": number(best.get("fwhm")),
         "stars": stars[:, :2].tolist(),
     }
 
 
-def reference(calibrated_dirs: list[str], out: str | Path) -> dict:
+def reference(calibrated_dirs: list[str], out: str | Path, cfg: dict) -> dict:
     """Write ``reference.json``: the reference :func:`choose_reference` picks, and why. Its paths
     are relative (the light's to the data folder, its calibrated file's to the target's results),
     so the record does not depend on where the night or the results are."""
-    ref = choose_reference(calibrated_dirs)
+    ref = choose_reference(calibrated_dirs, cfg)
     record = (
         {**ref, "file": Path(ref["file"]).relative_to(Path(out).parent).as_posix()} if ref["path"] else ref
     )
@@ -73,7 +76,7 @@ def register(calibrated_dir, reference_dirs: list[str], out_dir, cfg: dict) -> N
 
     calibrated_dir, out_dir = Path(calibrated_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ref = choose_reference(reference_dirs)
+    ref = choose_reference(reference_dirs, cfg)
     if not ref["path"]:
         rows = [
             {
