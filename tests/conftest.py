@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from astroflow.synth import NightSpec, make_night
@@ -81,6 +82,32 @@ def nb_night(tmp_path_factory):
 @pytest.fixture(scope="session")
 def osc_night(tmp_path_factory):
     return _night(tmp_path_factory, "osc", NightSpec(osc=True, frames=8, width=448, height=320, seed=4))
+
+
+def write_dng(path, cfa, exposure: float, iso: int = 800, when="2026:11:20 21:30:00", black=0, white=65535):
+    """A CFA DNG as a camera writes it (RGGB, 16-bit, uncompressed), which LibRaw reads: the
+    tests' stand-in for CR2/NEF/ARW files."""
+    import tifffile
+
+    num, den = (int(round(exposure * 1000)), 1000) if exposure else (0, 1)
+    tags = [
+        (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
+        (33422, "B", 4, (0, 1, 1, 2), True),  # CFAPattern: R G / G B
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
+        (50708, "s", 0, "astroflow test camera", True),  # UniqueCameraModel
+        (50714, "H", 1, (black,), True),  # BlackLevel
+        (50717, "H", 1, (white,), True),  # WhiteLevel
+        (50721, "2i", 9, (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1), True),  # ColorMatrix1
+        (50778, "H", 1, (21,), True),  # CalibrationIlluminant1: D65
+        (33434, "2I", 1, (num, den), True),  # ExposureTime
+        (34855, "H", 1, (iso,), True),  # ISOSpeedRatings
+        (306, "s", 0, when, True),  # DateTime
+    ]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(
+        path, np.asarray(cfa, np.uint16), photometric=32803, subfiletype=0, extratags=tags, metadata=None
+    )
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import write_dng
 
 from astroflow.io import FrameError, read_header, read_image, write_fits, write_xisf
 
@@ -67,6 +68,20 @@ def test_one_unparsable_card_is_dropped_with_a_warning(tmp_path, caplog):
         assert "GAIN" not in h and "INSTRUME" not in h and h["EXPTIME"] == 30.0
     assert "a.fits: header card GAIN is unparsable" in caplog.text and "card INSTRUME" in caplog.text
     assert read_image(tmp_path / "a.fits")[0].mean() == 7
+
+
+def test_camera_raw_frames_read_through_libraw(tmp_path):
+    cfa = np.random.default_rng(0).integers(500, 4000, (64, 96)).astype(np.uint16)
+    write_dng(tmp_path / "IMG_0001.dng", cfa, exposure=30.0, black=512, white=15000)
+    h = read_header(tmp_path / "IMG_0001.dng")
+    assert (h["NAXIS1"], h["NAXIS2"], h["BAYERPAT"], h["EXPTIME"]) == (96, 64, "RGGB", 30.0)
+    assert (h["BLKLEVEL"], h["SATURATE"], h["DATE-OBS"]) == (512.0, 15000.0, "2026-11-20T21:30:00")
+    data, _, scale = read_image(tmp_path / "IMG_0001.dng")
+    assert scale == 1.0 and data.dtype == np.float32
+    np.testing.assert_array_equal(data, cfa)
+    (tmp_path / "IMG_0002.cr2").write_bytes(b"II*\x00 not really a Canon raw")
+    with pytest.raises(FrameError, match="IMG_0002.cr2: not a readable camera raw"):
+        read_header(tmp_path / "IMG_0002.cr2")
 
 
 def test_xisf_round_trip(tmp_path):

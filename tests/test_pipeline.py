@@ -294,3 +294,28 @@ def test_subframe_selection_drops_defocused_clouded_and_trailed_lights(mono_nigh
     assert (
         good.loc[good["reference"]].index[0] == good["ssweight"].idxmax()
     )  # the best weight is the reference
+
+
+def test_dslr_raw_night_goes_through_the_osc_path(osc_night, tmp_path):
+    """The OSC night as a DSLR writes it (raw DNG files, no IMAGETYP: the folders say what each
+    is): every light calibrated with raw masters, debayered and integrated."""
+    from conftest import write_dng
+
+    night = tmp_path / "night"
+    for f in sorted(osc_night.rglob("*.fits")):
+        if "truth" in f.parts:
+            continue
+        h = fits.getheader(f)
+        when = h["DATE-OBS"][:19].replace("-", ":", 2).replace("T", " ")
+        write_dng(
+            night / f.relative_to(osc_night).with_suffix(".dng"), fits.getdata(f), h["EXPTIME"], when=when
+        )
+    out = tmp_path / "out"
+    run_snakemake(night, out, "--until", "integrate", "frames_table")
+    target = next(p for p in out.iterdir() if (p / "frames.tsv").exists())
+    frames = pd.read_csv(target / "frames.tsv", sep="\t")
+    lights = frames[frames["type"] == "light"]
+    assert len(lights) == 8 and lights["accepted"].all() and (lights["bayer"] == "RGGB").all()
+    assert lights["dark"].notna().all() and lights["flat"].notna().all()
+    assert (frames["path"].str.endswith(".dng")).all()
+    assert fits.getdata(target / "integration/Integration_RGB.fits").shape == (3, 320, 448)

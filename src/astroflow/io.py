@@ -30,7 +30,9 @@ from astropy.io import fits
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
 XISF_SUFFIXES = (".xisf",)
-IMAGE_SUFFIXES = FITS_SUFFIXES + XISF_SUFFIXES
+# DSLR and mirrorless raw files, read through LibRaw (rawpy)
+RAW_SUFFIXES = (".cr2", ".cr3", ".nef", ".arw", ".dng", ".raf", ".orf", ".rw2", ".pef")
+IMAGE_SUFFIXES = FITS_SUFFIXES + XISF_SUFFIXES + RAW_SUFFIXES
 ADU_FULL_SCALE = 65535.0
 
 
@@ -48,6 +50,48 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 def _is_xisf(path) -> bool:
     return str(path).lower().endswith(XISF_SUFFIXES)
+
+
+def _is_raw(path) -> bool:
+    return str(path).lower().endswith(RAW_SUFFIXES)
+
+
+def _raw_header(raw, path) -> fits.Header:
+    """A camera raw file's facts as FITS keywords: the CFA pattern of its visible area, black and
+    white levels, and the EXIF exposure, ISO (as GAIN) and date. The frame type comes from the
+    folder (``lights/``, ``darks/`` …), as raw files carry none."""
+    colours = raw.color_desc.decode()
+    cfa = raw.raw_colors_visible[:2, :2]
+    header = fits.Header()
+    ny, nx = raw.raw_image_visible.shape
+    header["NAXIS"], header["NAXIS1"], header["NAXIS2"] = 2, nx, ny
+    if raw.num_colors >= 3 and len(colours) >= 3:
+        header["BAYERPAT"] = ("".join(colours[c] for c in cfa.ravel()), "CFA pattern (LibRaw)")
+    black = raw.black_level_per_channel
+    header["BLKLEVEL"] = (float(np.mean(black)), "[ADU] black level (LibRaw)")
+    header["SATURATE"] = (float(raw.white_level), "[ADU] white level (LibRaw)")
+    other = raw.other
+    if other.shutter_speed > 0:
+        header["EXPTIME"] = (float(other.shutter_speed), "[s] exposure (EXIF)")
+    if other.iso_speed > 0:
+        header["ISOSPEED"] = (float(other.iso_speed), "ISO (EXIF)")
+        header["GAIN"] = (float(other.iso_speed), "ISO (EXIF)")
+    if other.timestamp:
+        header["DATE-OBS"] = (other.timestamp.isoformat(), "camera clock (EXIF), local time")
+    header["HISTORY"] = f"read from {Path(path).name} by LibRaw"
+    return header
+
+
+def _read_raw(path, pixels: bool):
+    import rawpy
+
+    try:
+        with rawpy.imread(str(path)) as raw:
+            header = _raw_header(raw, path)
+            data = np.array(raw.raw_image_visible) if pixels else None  # uint16 ADU, a copy
+    except (rawpy.LibRawError, OSError, ValueError) as exc:
+        raise FrameError(f"not a readable camera raw file ({type(exc).__name__}: {exc})") from None
+    return data, header
 
 
 def _image_hdu(hdul: fits.HDUList):
@@ -128,6 +172,8 @@ def read_header(path: str | os.PathLike) -> fits.Header:
     """
     path = Path(path)
     try:
+        if _is_raw(path):
+            return _read_raw(path, pixels=False)[1]
         if _is_xisf(path):
             from xisf import XISF
 
@@ -180,7 +226,9 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header, float]
     path = Path(path)
     plain = False
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):  # a user's edit (edits/): 8/16-bit or float
+        if _is_raw(path):
+            data, header = _read_raw(path, pixels=True)
+        elif path.suffix.lower() in (".tif", ".tiff"):  # a user's edit (edits/): 8/16-bit or float
             import tifffile
 
             raw = tifffile.imread(path)

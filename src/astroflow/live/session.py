@@ -34,7 +34,7 @@ from astropy.io import fits
 
 from .. import __version__
 from ..classify import bayer_pattern, filter_name, frame_type, sanitise
-from ..io import FrameError, atomic_path, read_header, read_image, write_8bit, write_fits
+from ..io import RAW_SUFFIXES, FrameError, atomic_path, read_header, read_image, write_8bit, write_fits
 from ..tables import write_tsv
 from .ledger import Ledger
 from .masters import KINDS, MasterLibrary
@@ -107,8 +107,10 @@ def separation(a, b) -> float:
 
 
 def _may_be_image(path: Path) -> bool:
-    """Whether a file that does not parse could still become an image: it starts as a FITS or
-    XISF file does, or is too short to tell (a writer may have just begun)."""
+    """Whether a file that does not parse could still become an image: a camera raw file, or one
+    that starts as a FITS or XISF file does, or too short to tell (a writer may have just begun)."""
+    if str(path).lower().endswith(RAW_SUFFIXES):  # too many raw formats to recognise by content
+        return True
     try:
         with open(path, "rb") as f:
             start = f.read(9)
