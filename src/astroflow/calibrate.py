@@ -76,7 +76,7 @@ def master(
     if kind == "flat":
         method, low, high, norm = "percentile", 0.2, 0.1, "multiplicative"
     else:
-        method = integ.auto_rejection(max(n, 3)) if rejection == "auto" else rejection
+        method = integ.auto_rejection(max(n, 3), "auto2") if rejection == "auto" else rejection
         low, high = integ.DEFAULT_PARAMS[method]
         norm = "none"
     if n < 3:

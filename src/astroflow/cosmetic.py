@@ -68,13 +68,20 @@ def bad_pixel_map(
     cold_sigma: float = 3.0,
     cfa: bool = False,
     shape: tuple[int, int] | None = None,
+    dark_frames: int = 1,
 ) -> np.ndarray:
-    """Bad-pixel map (uint8: 0 good, 1 hot, 2 cold) from a master dark and/or master flat."""
+    """Bad-pixel map (uint8: 0 good, 1 hot, 2 cold) from a master dark and/or master flat.
+
+    A dark pixel is hot (cold) when it deviates from its neighbourhood by more than
+    ``hot_sigma`` (``cold_sigma``) times the noise of *one* dark frame: the master's robust
+    sigma × √``dark_frames``. The dark subtracts warm pixels well; only those that stand out of a
+    single frame's noise are defects (on a real CCD at -25 °C, the master's own sigma flagged
+    1.7 % of the pixels, most of them merely warm)."""
     ref = dark if dark is not None else flat
     bpm = np.zeros(ref.shape if ref is not None else shape, np.uint8)
     if dark is not None:
         dev = _deviation(dark, cfa)
-        sigma = _robust_sigma(dev)
+        sigma = _robust_sigma(dev) * np.sqrt(max(1, dark_frames))
         if sigma > 0:
             bpm[dev > hot_sigma * sigma] = HOT
             bpm[dev < -cold_sigma * sigma] = COLD

@@ -36,8 +36,8 @@ deviation and ESD do not have this blind spot.
 Rejection runs column by column in compiled (numba) kernels over each pixel's valid values:
 numpy's whole-stack formulation needed ~10 temporaries of the band and was 3-10× slower.
 
-``auto`` picks by frame count like AutoIntegrate's Auto2: percentile below 8 frames, sigma below
-20, linear fit below 25, ESD from 25.
+``auto`` picks by frame count: sigma below 20 frames, linear fit below 25, ESD from 25 (``auto2``,
+AutoIntegrate's, takes percentile below 8 frames; see :func:`auto_rejection`).
 """
 
 from __future__ import annotations
@@ -73,9 +73,14 @@ def inverse_variance(noise: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return 1.0 / np.mean((np.asarray(noise, float) / np.asarray(scale, float)) ** 2, axis=1)
 
 
-def auto_rejection(n_frames: int, mode: str = "auto2") -> str:
-    """AutoIntegrate's rejection choice by frame count (reference/peers.md §1.3)."""
-    if n_frames < 8:
+def auto_rejection(n_frames: int, mode: str = "auto") -> str:
+    """Rejection by frame count: ``auto2`` and ``auto1`` are AutoIntegrate's (reference/peers.md
+    §1.3); ``auto`` is Auto2 with the leave-one-out ``sigma`` below 8 frames too, where Auto2
+    takes ``percentile``: clipping at fractions of ``|median|`` rejects honest values where a
+    calibrated sky is near 0 ADU, and frames of different sessions, once normalised, differ by
+    more than 10 % on the stars (a 6-frame smart-telescope stack was shallower than its best
+    frame)."""
+    if n_frames < 8 and mode != "auto":
         return "percentile"
     if n_frames < 20 or mode == "auto1":
         return "sigma"

@@ -43,6 +43,7 @@ REGISTRATION = {
     "shift_y": (float, "[px] translation, y"),
     "rotation": (float, "[deg] rotation"),
     "matrix": (str, "the 2x3 affine from reference to frame pixels, row-major"),
+    "flux_scale": (float, "median reference/frame flux of the stars both show (photometric normalisation)"),
     "reference": (bool, "the registration reference"),
 }
 

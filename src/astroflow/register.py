@@ -61,6 +61,27 @@ def apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return xy @ matrix[:, :2].T + matrix[:, 2]
 
 
+def flux_scale(ref: np.ndarray, src: np.ndarray, matrix: np.ndarray, radius: float = 1.5) -> float:
+    """Median ratio reference flux / frame flux of the stars both show (``ref``, ``src``: rows
+    ``x, y, flux``; ``matrix`` maps reference to frame pixels). It puts frames of other
+    exposures, transparency or sessions on the reference's photometric scale; NaN when fewer
+    than 3 stars pair up. The brightest tenth is left out (saturation, non-linearity)."""
+    if len(ref) < 3 or len(src) < 3:
+        return float("nan")
+    projected = apply(matrix, ref[:, :2])
+    d2 = ((projected[:, None, :] - src[None, :, :2]) ** 2).sum(axis=2)
+    nearest = np.argmin(d2, axis=1)
+    pair = d2[np.arange(len(ref)), nearest] <= radius**2
+    ratio = ref[pair, 2] / src[nearest[pair], 2]
+    bright = ref[pair, 2]
+    ratio = (
+        ratio[(bright <= np.quantile(bright, 0.9)) & np.isfinite(ratio) & (ratio > 0)]
+        if len(bright)
+        else ratio
+    )
+    return float(np.median(ratio)) if len(ratio) >= 3 else float("nan")
+
+
 def refine(ref_xy, src_xy, matrix, model="similarity", radii=(6.0, 3.0, 1.5, 1.0)):
     """Re-fit ``matrix`` on all nearest-neighbour pairs within shrinking radii (px)."""
     tree = cKDTree(src_xy)

@@ -641,9 +641,12 @@ class Session:
         norm = FrameNorm(np.array([p.background for p in pc]), np.array([p.scale for p in pc]), 1.0)
         ref_norm = FrameNorm(np.array(ref["loc"]), np.array(ref["scale"]), 1.0)
         planes = warped if warped.ndim == 3 else warped[None]
+        # a live stack holds one exposure: `auto` is then additive scaling (photometric scaling,
+        # for mixed exposures, is the batch integration's)
+        mode = "additive_scaling" if ic["normalization"] in ("auto", "photometric") else ic["normalization"]
         noise = []
         for c in range(planes.shape[0]):
-            gain, offset = norm_coefficients([norm], ref_norm, ic["normalization"], c)
+            gain, offset = norm_coefficients([norm], ref_norm, mode, c)
             planes[c] *= np.float32(gain[0])
             planes[c] += np.float32(offset[0])
             noise.append(float(pc[c].noise * gain[0]))

@@ -49,6 +49,11 @@ def integrate(
         np.array([[number(r[records.per_channel(k, c)]) for c in range(channels)] for r in ok])
         for k in ("noise", "scale", "background")
     )
+    normalization = ic["normalization"]
+    if normalization == "auto":  # the sky's spread says nothing of the stars of another exposure
+        normalization = "photometric" if len({r["exptime"] for r in ok}) > 1 else "additive_scaling"
+    if normalization == "photometric":
+        scale, normalization = _photometric_scale(ok, scale), "additive_scaling"
     w = (
         ssweight / ssweight.max()
         if ic["weights"] == "ssweight"
@@ -57,7 +62,7 @@ def integrate(
     ref = subframes.best(ok, ssweight)  # the best SSWEIGHT: the normalisation reference
     method = ic["rejection"]
     if method in ("auto", "auto1", "auto2"):
-        method = lib.auto_rejection(max(n, 3), "auto1" if method == "auto1" else "auto2")
+        method = lib.auto_rejection(max(n, 3), method)
     low, high = ic["params"][method] if method in ic["params"] else lib.DEFAULT_PARAMS[method]
     norms = [lib.FrameNorm(loc[i], scale[i], float(w[i])) for i in range(n)]
     sources = [FitsRows(Path(r["dir"]) / r["registered"]) for r in ok]
@@ -90,7 +95,7 @@ def integrate(
         "[px] median FWHM of integrated frames",
     )
     h["REJECT"] = (method if n >= 3 else "none", "pixel rejection")
-    h["NORMALIZ"] = (ic["normalization"], "normalisation")
+    h["NORMALIZ"] = (ic["normalization"], "normalisation (auto: photometric for mixed exposures)")
     h["WEIGHTS"] = (ic["weights"], "frame weighting")
     h["REFFRAME"] = (Path(ok[ref]["path"]).name[:68], "normalisation reference")
     add_history(h, history)
@@ -101,7 +106,7 @@ def integrate(
         method if n >= 3 else "none",
         low,
         high,
-        normalisation=ic["normalization"],
+        normalisation=normalization,
         reference=ref,
         memory_mb=memory_mb,
         combine=ic["combination"],
@@ -122,6 +127,23 @@ def integrate(
             w_hi.write_rows(y0, squeeze(rej_hi))
             w_cov.write_rows(y0, coverage)
     return {"frames": n, "rejection": method, "reference": ok[ref]["path"]}
+
+
+def _photometric_scale(rows: list[dict], sky_scale: np.ndarray) -> np.ndarray:
+    """Per frame and channel, the scale that puts its stars on the registration reference's
+    flux (1 / ``flux_scale`` of registration.tsv): frames of other exposures, transparency or
+    sessions, even with another pedestal, then agree where it matters, on the stars, and the
+    noise weights become 1 / (noise × flux ratio)², the inverse variance on that common scale.
+    A frame whose stars did not pair up keeps its sky scale, related to the others' through the
+    median ratio of the two."""
+    fs = np.array([number(r.get("flux_scale")) for r in rows], float)
+    valid = np.isfinite(fs) & (fs > 0)
+    if not valid.any():
+        log.warning("no frame has a photometric scale: sky scales used")
+        return sky_scale
+    phot = (1 / np.where(valid, fs, 1))[:, None] * np.ones(sky_scale.shape[1])
+    k = np.median(phot[valid] / sky_scale[valid], axis=0)
+    return np.where(valid[:, None], phot, sky_scale * k)
 
 
 def adopt(path, filt: str, outputs: dict, history: list[str]) -> None:

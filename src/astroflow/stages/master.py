@@ -58,7 +58,12 @@ def master_defects(kind: str, data, header, cfg: dict, cfa: bool):
     cc = cfg["cosmetic"]
     is_dark = kind == "dark"
     defects = cosmetic.bad_pixel_map(
-        data if is_dark else None, None if is_dark else data, cc["hot_sigma"], cc["cold_sigma"], cfa=cfa
+        data if is_dark else None,
+        None if is_dark else data,
+        cc["hot_sigma"],
+        cc["cold_sigma"],
+        cfa=cfa,
+        dark_frames=int(header.get("NCOMBINE", 1)),
     )
     header["HOT"] = (int((defects == cosmetic.HOT).sum()), "hot pixels (DEFECTS extension)")
     header["COLD"] = (int((defects == cosmetic.COLD).sum()), "cold pixels (DEFECTS extension)")

@@ -45,7 +45,7 @@ def choose_reference(calibrated_dirs: list[str], cfg: dict) -> dict:
         "file": str(Path(best["dir"]) / best["file"]),
         "ssweight": float(weights[ok.index(best)]),
         "fwhm": number(best.get("fwhm")),
-        "stars": stars[:, :2].tolist(),
+        "stars": stars[:, :3].tolist(),  # x, y, flux
     }
 
 
@@ -92,7 +92,8 @@ def register(calibrated_dir, reference_dirs: list[str], out_dir, cfg: dict) -> N
             out_dir / "registration.tsv",
         )
         return
-    ref_xy = np.asarray(ref["stars"], float)
+    ref_stars = np.asarray(ref["stars"], float)
+    ref_xy = ref_stars[:, :2]
     ref_header = read_header(ref["file"])
     shape = (int(ref_header["NAXIS2"]), int(ref_header["NAXIS1"]))
     ref_lum = []  # read only if a frame needs phase correlation
@@ -145,7 +146,9 @@ def register(calibrated_dir, reference_dirs: list[str], out_dir, cfg: dict) -> N
             copy_wcs(ref_header, header)
             write_fits(out_dir / name, out, header)
             a = reg.matrix
+            scale = 1.0 if reg.method == "reference" else reg_lib.flux_scale(ref_stars, stars[row["file"]], a)
             rec.update(
+                flux_scale=round(scale, 6),
                 reg_status="ok",
                 registered=name,
                 matches=reg.matches,
