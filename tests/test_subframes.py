@@ -71,5 +71,9 @@ def test_limits_outliers_and_the_reference():
     limits = {**CFG, "limits": {**CFG["limits"], "fwhm": 3.05}}
     _, reasons = select(frames, limits)
     assert all("above the limit 3.05" in r for f, r in zip(frames, reasons, strict=True) if f["fwhm"] > 3.05)
-    assert best(frames, weights) == int(np.argmax(weights))
+    stars = np.array([f["stars"] for f in frames])
+    pool = np.where((weights > 0) & (stars >= 0.9 * stars[weights > 0].max()))[0]
+    assert best(frames, weights) == pool[np.argmax(weights[pool])]  # showing nearly the most stars
+    frames[0]["stars"] = 200  # a frame with far more stars than any: the only candidate
+    assert best(frames, weights) == 0
     assert best(frames, weights, "l04.fits") == 4

@@ -32,8 +32,8 @@ Star count           stars + 1
 ==================== =====================================================
 
 with ``neg(v) = 1 - (v - min) / (max - min)``, ``pos(v) = (v - min) / (max - min)`` (0.5 when
-min = max) over the kept frames. The best SSWEIGHT is the registration and normalisation
-reference (:func:`best`). PSF signal and power are measured by
+min = max) over the kept frames. The best SSWEIGHT among the frames showing nearly the most
+stars is the registration and normalisation reference (:func:`best`). PSF signal and power are measured by
 :func:`astroflow.measure.frame_stats` from the frame's own unsaturated stars.
 """
 
@@ -52,6 +52,7 @@ METRICS = {
 }
 MIN_FRAMES = 8  # fewer frames: no outlier rejection (AutoIntegrate)
 SSWEIGHT_LIMIT = 1e-10
+REFERENCE_STARS = 0.9  # fraction of the most stars a reference must show
 WEIGHTS = (
     "Generic",
     "Noise",
@@ -186,10 +187,16 @@ def select(frames: list[dict], cfg: dict) -> tuple[np.ndarray, list[str]]:
 
 def best(frames: list[dict], weights: np.ndarray, choice: str = "auto") -> int:
     """Index of the reference: the frame whose path is ``choice`` (a light's path relative to the
-    data folder, or its file name), else the highest SSWEIGHT (equal weights: the first path)."""
+    data folder, or its file name), else the highest SSWEIGHT among the kept frames with at least
+    :data:`REFERENCE_STARS` of the most stars any shows (a reference must show the stars the
+    others share: a 5-star narrowband frame left 2 of 12 unregistered); equal weights: the
+    first path."""
     if choice != "auto":
         for i, f in enumerate(frames):
             if choice in (f["path"], f["path"].rsplit("/", 1)[-1]):
                 return i
         raise ValueError(f"subframes.reference {choice!r} is not a light of this filter")
-    return min(range(len(frames)), key=lambda i: (-weights[i], frames[i]["path"]))
+    kept = [i for i in range(len(frames)) if weights[i] > 0] or list(range(len(frames)))
+    most = max(float(frames[i].get("stars") or 0) for i in kept)
+    pool = [i for i in kept if float(frames[i].get("stars") or 0) >= REFERENCE_STARS * most]
+    return min(pool, key=lambda i: (-weights[i], frames[i]["path"]))
