@@ -297,3 +297,24 @@ def test_a_folder_of_stacks_made_elsewhere_runs_the_finishing_steps(lrgb_run, tm
     assert (frames["type"] == "integration").all()
     assert frames.loc[[f"Integration_{f}.fits" for f in "LRGB"], "accepted"].all()
     assert "unused" in frames.loc["masterLight_R_again.fits", "reason"]
+
+
+def test_a_filter_that_cannot_be_registered_is_named_and_the_others_integrated(tmp_path):
+    """RGB + Hα where every Hα light is starless (clouds): the reference comes from a broadband
+    filter, so R, G and B are registered and integrated; the Hα integration fails, named, and
+    frames.tsv says why for each Hα light. (The images still wait for the common-area crop of
+    every filter: a failed filter stops the finishing steps.)"""
+    night = tmp_path / "night"
+    make_night(night, NightSpec(filters=("R", "G", "B", "H"), frames=3, width=512, height=384, seed=12))
+    rng = np.random.default_rng(0)
+    for f in sorted((night / "lights/H").glob("*.fits")):
+        header = fits.getheader(f)
+        fits.PrimaryHDU(rng.normal(900, 12, (384, 512)).astype(np.uint16), header).writeto(f, overwrite=True)
+    out = tmp_path / "out"
+    proc = run_snakemake(night, out, check=False)
+    assert proc.returncode != 0 and "filter H: no frame could be calibrated and registered" in proc.stderr
+    for f in "RGB":
+        assert fits.getheader(out / f"NGC_7000/integration/Integration_{f}.fits")["NCOMBINE"] == 3
+    frames = pd.read_csv(out / "NGC_7000/frames.tsv", sep="\t")
+    h = frames[(frames["type"] == "light") & (frames["filter"] == "H")]
+    assert len(h) == 3 and not h["accepted"].any() and h["reason"].str.len().gt(0).all()

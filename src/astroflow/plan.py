@@ -244,7 +244,7 @@ def chunk_key(path: str, n_chunks: int) -> int:
     return int(hashlib.sha1(path.encode()).hexdigest(), 16) % n_chunks
 
 
-REFERENCE_ORDER = ("L", "RGB", "H", "G", "R", "B", "O", "S")
+REFERENCE_ORDER = ("L", "RGB", "G", "R", "B", "H", "O", "S")  # broadband first: most stars
 
 
 def reference_filter(filters: list[str], choice: str) -> str:
