@@ -330,6 +330,20 @@ WCS_PREFIXES = (
 WCS_SCALARS = ("EQUINOX", "RADESYS", "LONPOLE", "LATPOLE", "WCSAXES")
 
 
+# what a stack keeps of its reference frame's header (besides the WCS, copy_wcs)
+STACK_KEYWORDS = (
+    "OBJECT",
+    "INSTRUME",
+    "TELESCOP",
+    "FOCALLEN",
+    "XPIXSZ",
+    "XBINNING",
+    "YBINNING",
+    "GAIN",
+    "OFFSET",
+)
+
+
 def _is_wcs(keyword: str) -> bool:
     return keyword.startswith(WCS_PREFIXES) or keyword in WCS_SCALARS
 

@@ -186,7 +186,7 @@ def _plan_lights(table: pd.DataFrame, tlights: pd.DataFrame, rel: dict, cfg: dic
         # chunks of equal size so parallel jobs end together
         megapixels = float(flights["width"].iloc[0]) * float(flights["height"].iloc[0]) / 1e6
         n_chunks = chunk_count(len(flights), megapixels, cfg["batch_size"])
-        names = [f"{filt}_{chunk_key(rel[i], n_chunks):03d}" for i in flights.index]
+        names = [chunk_name(filt, chunk_key(rel[i], n_chunks)) for i in flights.index]
         for name in sorted(set(names)):
             part = flights.index[[n == name for n in names]]
             table.loc[part, "chunk"] = name
@@ -236,6 +236,16 @@ def chunk_count(n_frames: int, megapixels: float, batch_size) -> int:
     if total > 2 * BALANCE_MEGAPIXELS:
         k = max(k, 4)
     return min(n_frames, k + k % 2) if k > 1 else k
+
+
+def chunk_name(filt: str, key: int) -> str:
+    """A chunk's name, ``<filter>_<key>``: its folder under calibrated/ and registered/."""
+    return f"{filt}_{key:03d}"
+
+
+def chunk_filter(chunk: str) -> str:
+    """The filter of a chunk (or of its folder's name)."""
+    return chunk.rsplit("_", 1)[0]
 
 
 def chunk_key(path: str, n_chunks: int) -> int:

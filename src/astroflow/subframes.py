@@ -71,6 +71,11 @@ _MIX = {  # (FWHM, eccentricity, SNR, constant) of the mixed weights
 }
 
 
+def _metrics(frames: list[dict]) -> dict[str, np.ndarray]:
+    """The :data:`METRICS` columns of ``frames`` as float arrays (NaN where unmeasured)."""
+    return {k: np.array([np.nan if f.get(k) is None else float(f[k]) for f in frames]) for k in METRICS}
+
+
 def _scaled(values, positive: bool) -> np.ndarray:
     v = np.asarray(values, float)
     lo, hi = np.nanmin(v), np.nanmax(v)
@@ -82,9 +87,7 @@ def _scaled(values, positive: bool) -> np.ndarray:
 
 def ssweight(frames: list[dict], method: str) -> np.ndarray:
     """SSWEIGHT of each frame (dicts with the :data:`METRICS` columns) by ``method``."""
-    col = {
-        k: np.array([float(f.get(k) if f.get(k) is not None else np.nan) for f in frames]) for k in METRICS
-    }
+    col = _metrics(frames)
     if method in _MIX:
         a, b, c, d = _MIX[method]
         return (
@@ -142,9 +145,7 @@ def select(frames: list[dict], cfg: dict) -> tuple[np.ndarray, list[str]]:
     the reason is ``""`` for a kept frame, its weight 0 for a rejected one."""
     n = len(frames)
     reasons = [""] * n
-    values = {
-        k: np.array([float(f.get(k) if f.get(k) is not None else np.nan) for f in frames]) for k in METRICS
-    }
+    values = _metrics(frames)
     for key, (name, high_bad) in METRICS.items():
         limit = float(cfg["limits"][key])
         if limit <= 0:

@@ -18,7 +18,7 @@ from astroflow.options import (
     ordered,
     pick,
 )
-from astroflow.plan import PlanError, build_plan
+from astroflow.plan import PlanError, build_plan, chunk_filter
 from astroflow.products import output_files, products
 from astroflow.provenance import checksums
 from astroflow.stages.provenance import relative
@@ -239,10 +239,6 @@ def master_inputs(wildcards):
 
 def chunk_rows(wildcards):
     return PLAN[wildcards.target]["chunks"][wildcards.chunk]
-
-
-def chunk_filter(chunk):
-    return chunk.rsplit("_", 1)[0]
 
 
 def calibrate_inputs(wildcards):

@@ -60,10 +60,8 @@ def _temperature(header, step: float):
 
 def group_key(kind: str, header, path, step: float) -> tuple:
     """The matching key of a calibration frame or light for masters of ``kind`` (exposure apart)."""
-    if kind == "bias":
+    if kind in ("bias", "flatdark"):  # a flat-dark's exposure is matched apart, as a dark's
         return _camera(header)
-    if kind == "flatdark":
-        return (*_camera(header),)
     if kind == "dark":
         return (*_camera(header), _temperature(header, step))
     return (*_camera(header), filter_name(header, path), _temperature(header, step))
@@ -141,7 +139,7 @@ class MasterLibrary:
         close = [g for g in groups if g.exptime is not None and abs(g.exptime - exptime) <= tol]
         return min(close, key=lambda g: abs(g.exptime - exptime)) if close else None
 
-    def _load(self, g: _Group, header_like, path_like):
+    def _load(self, g: _Group):
         """``(data, header, defects)`` of a group's master, built (or reused) when needed."""
         if len(g.files) < self.live["min_calibration_frames"]:
             data, header, _ = read_image(g.external)
@@ -164,10 +162,10 @@ class MasterLibrary:
             first = read_header(g.files[0])
             fd = self._nearest("flatdark", first, g.files[0])
             if fd is not None:
-                dark = self._load(fd, first, g.files[0])[0]
+                dark = self._load(fd)[0]
             else:
                 b = self._nearest("bias", first, g.files[0])
-                bias = self._load(b, first, g.files[0])[0] if b is not None else None
+                bias = self._load(b)[0] if b is not None else None
         data, header, notes = integrate_master(
             [str(p) for p in g.files],
             g.kind,
@@ -196,7 +194,7 @@ class MasterLibrary:
                     missing.append(kind)
                 continue
             try:
-                data, mh, defects = self._load(g, header, path)
+                data, mh, defects = self._load(g)
             except FrameError as exc:
                 log.error("master %s cannot be built: %s", g.name, exc)
                 if kind in self.live["require"]:

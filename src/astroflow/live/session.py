@@ -34,7 +34,16 @@ from astropy.io import fits
 
 from .. import __version__
 from ..classify import bayer_pattern, filter_name, frame_type, sanitise
-from ..io import RAW_SUFFIXES, FrameError, atomic_path, read_header, read_image, write_8bit, write_fits
+from ..io import (
+    RAW_SUFFIXES,
+    STACK_KEYWORDS,
+    FrameError,
+    atomic_path,
+    read_header,
+    read_image,
+    write_8bit,
+    write_fits,
+)
 from ..tables import write_tsv
 from .ledger import Ledger
 from .masters import KINDS, MasterLibrary
@@ -49,17 +58,6 @@ FRAME_COLUMNS = (
     "weight", "matches", "reg_rms", "rejected_low", "rejected_high", "masters",
     "t_read", "t_calibrate", "t_register", "t_stack", "t_write", "seconds",
 )  # fmt: skip
-HEADER_KEYS = (
-    "OBJECT",
-    "INSTRUME",
-    "TELESCOP",
-    "FILTER",
-    "GAIN",
-    "OFFSET",
-    "XBINNING",
-    "YBINNING",
-    "FOCALLEN",
-)
 RETRY_SECONDS = 10.0  # a frame that could not be written is tried again this much later
 
 
@@ -563,7 +561,7 @@ class Session:
         stack.running = RunningStack(
             planes.shape, self.live["warmup_frames"], self.live["reject_low"], self.live["reject_high"]
         )
-        for key in HEADER_KEYS:
+        for key in (*STACK_KEYWORDS, "FILTER"):
             if key in a.header:
                 stack.header[key] = a.header[key]
         self._say(

@@ -15,12 +15,13 @@ def _selection(tables: list, cfg: dict):
     import pandas as pd
 
     from .. import subframes
+    from ..plan import chunk_filter
     from ..tables import read_chunk_tables
 
     rows = []
     by_filter: dict[str, list[str]] = {}
     for d in tables:
-        by_filter.setdefault(Path(d).name.rsplit("_", 1)[0], []).append(d)
+        by_filter.setdefault(chunk_filter(Path(d).name), []).append(d)
     for dirs in by_filter.values():
         ok = sorted(
             (r for r in read_chunk_tables(dirs, "registration.tsv") if r.get("reg_status") == "ok"),

@@ -10,7 +10,7 @@ import numpy as np
 from astropy.io import fits
 
 from .. import records
-from ..io import FitsRows, FitsWriter, add_history, copy_wcs, read_header
+from ..io import STACK_KEYWORDS, FitsRows, FitsWriter, add_history, copy_wcs, read_header
 from ..tables import number, read_chunk_tables
 
 log = logging.getLogger("astroflow")
@@ -70,17 +70,7 @@ def integrate(
         log.warning("filter %s: only %d frame(s): averaged without rejection", filt, n)
     head = read_header(Path(ok[ref]["dir"]) / ok[ref]["registered"])
     h = fits.Header()
-    for key in (
-        "OBJECT",
-        "INSTRUME",
-        "TELESCOP",
-        "FOCALLEN",
-        "XPIXSZ",
-        "XBINNING",
-        "YBINNING",
-        "GAIN",
-        "OFFSET",
-    ):
+    for key in STACK_KEYWORDS:
         if key in head:
             h[key] = head[key]
     copy_wcs(head, h)

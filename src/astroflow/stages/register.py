@@ -38,12 +38,13 @@ def choose_reference(calibrated_dirs: list[str], cfg: dict) -> dict:
         }
     ok.sort(key=lambda r: r["path"])
     weights, _ = subframes.select(ok, cfg["subframes"])
-    best = ok[subframes.best(ok, weights, cfg["subframes"]["reference"])]
+    i = subframes.best(ok, weights, cfg["subframes"]["reference"])
+    best = ok[i]
     stars = np.load(Path(best["dir"]) / "stars.npz")[best["file"]]
     return {
         "path": best["path"],
         "file": str(Path(best["dir"]) / best["file"]),
-        "ssweight": float(weights[ok.index(best)]),
+        "ssweight": float(weights[i]),
         "fwhm": number(best.get("fwhm")),
         "stars": stars[:, :3].tolist(),  # x, y, flux
     }
@@ -87,11 +88,7 @@ def register(calibrated_dir, reference_dirs: list[str], out_dir, cfg: dict) -> N
             for r in read_tsv(calibrated_dir / "measure.tsv")
         ]
         log.error("%s: %s", calibrated_dir, ref["reason"])
-        write_tsv(
-            [records.check(r, {**records.MEASURE, **records.REGISTRATION}) for r in rows],
-            out_dir / "registration.tsv",
-        )
-        return
+        return _write_registration(rows, out_dir)
     ref_stars = np.asarray(ref["stars"], float)
     ref_xy = ref_stars[:, :2]
     ref_header = read_header(ref["file"])
@@ -163,5 +160,9 @@ def register(calibrated_dir, reference_dirs: list[str], out_dir, cfg: dict) -> N
         except (reg_lib.RegistrationError, FrameError) as exc:
             rec["reg_reason"] = f"{row['path']}: cannot register: {exc}"
             log.error("excluded %s", rec["reg_reason"])
+    _write_registration(rows, out_dir)
+
+
+def _write_registration(rows: list[dict], out_dir: Path) -> None:
     columns = {**records.MEASURE, **records.REGISTRATION}
     write_tsv([records.check(r, columns) for r in rows], out_dir / "registration.tsv")
