@@ -40,7 +40,7 @@ def main() -> int:
     record = target / "provenance"
     if not (record / "plan.yaml").exists():
         sys.exit(f"{record} is missing: run `snakemake {record}/plan.yaml --config data=NIGHT out=...` first")
-    from astroflow.stages import calibrate, integrate, job, master, register
+    from astroflow.stages import calibrate, integrate, job, master
 
     job.setup_logging(Path(tempfile.gettempdir()) / "astroflow-profile.log", threads=1)
     cfg = yaml.safe_load((record / "config.yaml").read_text())
@@ -53,7 +53,6 @@ def main() -> int:
     ref_filter = plan["reference_filter"]
     scratch = Path(tempfile.mkdtemp(prefix="astroflow-profile-"))
     calibrated = sorted(str(p) for p in (target / "calibrated").glob(f"{ref_filter}_*"))
-    registered = sorted(str(p) for p in (target / "registered").iterdir())
     masters = plan["masters"]
     dark = next(n for n, m in masters.items() if m["kind"] == "dark")
     flat = next(n for n, m in masters.items() if m["kind"] == "flat")
@@ -67,13 +66,14 @@ def main() -> int:
         f"calibrate ({len(rows)} frames)": lambda: calibrate.calibrate(
             rows, target / "masters", scratch / chunk, cfg
         ),
-        f"register ({len(rows)} frames)": lambda: register.register(
-            scratch / chunk, calibrated, scratch / "registered", cfg
-        ),
-        f"integrate ({len(registered)} chunks)": lambda: integrate.integrate(
-            registered,
+        f"integrate ({len(calibrated)} chunks, registered on the way)": lambda: integrate.integrate(
+            calibrated,
+            calibrated,
             chunk.rsplit("_", 1)[0],
-            {k: scratch / f"{k}.fits" for k in ("image", "rejection_low", "rejection_high", "coverage")},
+            {
+                k: scratch / f"{k}.{'tsv' if k == 'registration' else 'fits'}"
+                for k in ("registration", "image", "rejection_low", "rejection_high", "coverage")
+            },
             cfg,
             [],
             band_mb,

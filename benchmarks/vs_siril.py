@@ -24,6 +24,7 @@ import numpy as np
 
 from astroflow.io import read_image
 from astroflow.quality import score
+from astroflow.stages.register import registered_image
 from astroflow.synth import NightSpec, load_truth, make_night
 from astroflow.tables import read_tsv
 
@@ -127,11 +128,16 @@ def main() -> int:
             rss[name] = max(rss[name], peak)
 
     # variants, once, untimed: Siril's kind of kernel, and sigma clipping instead of Auto2's pick
+    # (label, --config option, the registration options its single frame is resampled with)
     variants = {
-        "linear": ("`interpolation: linear`", 'registration={"interpolation": "linear"}'),
-        "sigma": ("`rejection: sigma`", 'integration={"rejection": "sigma"}'),
+        "linear": (
+            "`interpolation: linear`",
+            'registration={"interpolation": "linear"}',
+            {"interpolation": "linear"},
+        ),
+        "sigma": ("`rejection: sigma`", 'integration={"rejection": "sigma"}', {}),
     }
-    for name, (_, option) in variants.items():
+    for name, (_, option, _) in variants.items():
         run_astroflow(night, WORK / f"astroflow_{name}", option)
     ours = WORK / "astroflow_out" / "NGC_7000"
     stack_a = read_image(ours / "integration/Integration_L.fits")[0]
@@ -140,13 +146,13 @@ def main() -> int:
     # ours is the registration reference); an unresampled reference would flatter its pipeline's gain
     ref_a = next(
         Path(row["path"]).name
-        for tsv in (ours / "registered").glob("*/registration.tsv")
+        for tsv in (ours / "registration").glob("*.tsv")
         for row in read_tsv(tsv)
         if row.get("reference")
     )
     lights = sorted(p.name for p in (night / "lights/L").glob("*.fits"))
     k = next(i for i, name in enumerate(lights) if i > 0 and name != ref_a)
-    single_a = read_image(next((ours / "registered").glob(f"*/{Path(lights[k]).stem}_r.fits")))[0]
+    single_a = registered_image(ours, lights[k])[0]
     single_s = read_image(WORK / f"siril/process/r_pp_light_{k + 1:05d}.fit")[0]
     scores = {
         "astroflow": score(stack_a, truth, "L", single=single_a),
@@ -158,7 +164,7 @@ def main() -> int:
             read_image(d / "integration/Integration_L.fits")[0],
             truth,
             "L",
-            single=read_image(next((d / "registered").glob(f"*/{Path(lights[k]).stem}_r.fits")))[0],
+            single=registered_image(d, lights[k], variants[name][2])[0],
         )
     rows = [
         (f"noise gain, binned 4×4 (√N = {np.sqrt(args.frames):.2f})", "noise_gain", "higher"),
@@ -183,7 +189,7 @@ def main() -> int:
         "against the truth; wall time = median of the repeats on this 2-core machine; peak RSS = largest process.",
         "",
         "| metric | astroflow | Siril 1.0.6 | better | "
-        + " | ".join(f"astroflow, {label}" for label, _ in variants.values())
+        + " | ".join(f"astroflow, {label}" for label, *_ in variants.values())
         + " |",
         "|---|---|---|---|" + "---|" * len(variants),
     ]

@@ -9,4 +9,12 @@ sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0], sm.threads)
 classified = pd.DataFrame(sm.params.table)
 reference = sm.input.reference if "reference" in sm.input.keys() else None
-frames_table(classified, list(sm.input.registered), reference, sm.params.data, sm.output[0], sm.params.cfg)
+frames_table(
+    classified,
+    list(sm.input.calibrated),
+    list(sm.input.reference_chunks),
+    reference,
+    sm.params.data,
+    sm.output[0],
+    sm.params.cfg,
+)

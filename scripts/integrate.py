@@ -1,4 +1,4 @@
-"""Snakemake adapter: integrate the registered frames of one filter (or adopt its stack made
+"""Snakemake adapter: register and integrate the lights of one filter (or adopt its stack made
 elsewhere)."""
 
 from astroflow.stages.integrate import adopt, integrate
@@ -6,11 +6,12 @@ from astroflow.stages.job import setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0], sm.threads)
-if sm.params.external:
-    adopt(sm.params.external, sm.wildcards.filter, dict(sm.output.items()), sm.params.history)
+if "external" in sm.input.keys():
+    adopt(sm.input.external, sm.wildcards.filter, dict(sm.output.items()), sm.params.history)
 else:
     integrate(
-        list(sm.input),
+        list(sm.input.calibrated),
+        list(sm.input.reference),
         sm.wildcards.filter,
         dict(sm.output.items()),
         sm.params.cfg,

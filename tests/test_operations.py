@@ -70,7 +70,7 @@ def test_saved_config_runs_as_is_from_any_directory(small_night, small_run, tmp_
 def test_nested_options_from_the_command_line_keep_their_types(small_night, small_run):
     proc = _dry(small_night, small_run, "registration={max_rms: 0.8, clamping: false}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "rule register" in proc.stdout and "rule calibrate" not in proc.stdout
+    assert "rule integrate" in proc.stdout and "rule calibrate" not in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_a_killed_run_resumes_with_the_same_command_and_a_live_one_is_named(smal
 
 def test_flowchart_is_the_runs_dag_with_measured_times(small_run):
     dot = (small_run / "flowchart.dot").read_text()
-    for edge in ('"master" -> "calibrate"', '"calibrate" -> "register"', '"integrate" -> "crop_area"'):
+    for edge in ('"master" -> "calibrate"', '"calibrate" -> "integrate"', '"integrate" -> "crop_area"'):
         assert edge in dot
     assert re.search(r'"calibrate" \[label="calibrate: 2 jobs, [0-9.]+ s"\]', dot), dot
     if shutil.which("dot"):  # Graphviz: installed by .ci/run and make install

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from astropy.io import fits
 from conftest import result_hashes, run_snakemake
 
 from astroflow.quality import score
+from astroflow.register import parse_matrix
+from astroflow.stages.register import registered_image
 from astroflow.synth import load_truth
 
 pytestmark = pytest.mark.pipeline
@@ -32,7 +36,7 @@ def registration_errors(frames: pd.DataFrame, truth: dict, shape) -> dict:
     grid = np.column_stack([xx.ravel(), yy.ravel(), np.ones(xx.size)])
     errors = {}
     for _, row in frames[frames["type"].eq("light") & frames["accepted"]].iterrows():
-        est = np.array([float(v) for v in row["matrix"].split()]).reshape(2, 3)
+        est = parse_matrix(row["matrix"])
         true = (_affine(by_file[Path(row["path"]).name]["sky_to_frame"]) @ np.linalg.inv(m_ref))[:2]
         d = grid @ est.T - grid @ true.T
         errors[Path(row["path"]).name] = float(np.sqrt(np.mean(np.sum(d**2, axis=1))))
@@ -56,11 +60,39 @@ def test_mono_night_every_file_classified_and_registered(mono_night, mono_run):
     assert max(errors.values()) < 0.1, errors
 
 
+def test_registered_lights_are_written_on_request(mono_run, tmp_path):
+    """Runs integrate without writing registered frames; `astroflow registered` writes one on
+    the reference grid, with the run's transform: it lines up with the stack, the raw frame not."""
+    out, _ = mono_run
+    exe = str(Path(sys.executable).with_name("astroflow"))
+    proc = subprocess.run(
+        [exe, "registered", str(out / "NGC_7000"), "_0003.fits", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [path] = tmp_path.glob("*_0003_r.fits")
+    image, header = fits.getdata(path, header=True)
+    stack = fits.getdata(out / "NGC_7000/integration/Integration_L.fits")
+    calibrated = fits.getdata(next((out / "NGC_7000/calibrated").glob("*/*_0003_c.fits")))
+    ok = np.isfinite(image)
+
+    def corr(a):
+        return np.corrcoef(a[ok], stack[ok])[0, 1]
+
+    assert image.shape == stack.shape and "registered to" in str(header["HISTORY"])
+    assert corr(image) > 0.9 > corr(calibrated) + 0.2
+    missing = subprocess.run(
+        [exe, "registered", str(out / "NGC_7000"), "nope.fits"], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "no registered light 'nope.fits'" in missing.stderr
+
+
 def test_mono_night_stack_quality_against_truth(mono_night, mono_run):
     out, _ = mono_run
     truth = load_truth(mono_night)
     stack = fits.getdata(out / "NGC_7000/integration/Integration_L.fits")
-    single = fits.getdata(next((out / "NGC_7000/registered").glob("*/*_0001_r.fits")))
+    single = registered_image(out / "NGC_7000", "_0001.fits")[0]
     s = score(stack, truth, "L", single=single)
     n = 12
     assert s["noise_gain"] > 0.9 * np.sqrt(n), s

@@ -13,6 +13,7 @@ from astropy.io import fits
 from conftest import ROOT, run_snakemake
 
 from astroflow.measure import detect_stars
+from astroflow.stages.register import registered_image
 
 NIGHTS = ROOT.parent / "shared" / "real-nights"
 pytestmark = pytest.mark.skipif(
@@ -64,7 +65,7 @@ def _depth(target: Path) -> tuple[float, float]:
     xy, fwhm = np.column_stack([keep["x"], keep["y"]]), float(np.median(keep["fwhm"]))
     singles = []
     for _, r in lights.iterrows():
-        img = fits.getdata(target / "registered" / r["chunk"] / r["registered"]).astype(np.float32)
+        img = registered_image(target, r["path"])[0]
         singles.append(np.median(_star_snr(img.mean(axis=0) if img.ndim == 3 else img, xy, fwhm)))
     best = max(singles)
     return float(np.median(_star_snr(lum, xy, fwhm)) / best), float(

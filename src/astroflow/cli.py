@@ -1,5 +1,6 @@
 """Command line: ``astroflow live`` (live stacking of a capture folder, with its web page),
 ``astroflow make-sample`` (synthetic night), ``astroflow score`` (vs truth), ``astroflow
+registered`` (registered lights of a run, which integrates without writing them), ``astroflow
 compile`` (numba kernels into their cache) and ``astroflow config-docs`` (the option tables of
 config/README.md from the schema)."""
 
@@ -56,6 +57,33 @@ def _compile(args) -> int:
 
     compile_kernels()
     print("astroflow: compiled kernels are cached")
+    return 0
+
+
+def _registered(args) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from .io import write_fits
+    from .stages.register import registered_image
+    from .tables import read_tsv
+
+    target = Path(args.target)
+    saved = target / "provenance" / "config.yaml"
+    options = yaml.safe_load(saved.read_text()).get("registration") if saved.exists() else None
+    rows = read_tsv(target / "frames.tsv") if (target / "frames.tsv").exists() else []
+    out = Path(args.out) if args.out else target / "registered"
+    out.mkdir(parents=True, exist_ok=True)
+    for light in args.lights or [r["path"] for r in rows if r.get("reg_method")]:
+        try:
+            image, header, row = registered_image(target, light, options)
+        except FileNotFoundError as exc:
+            print(f"astroflow registered: {exc}", file=sys.stderr)
+            return 2
+        path = out / row["calibrated"].replace("_c.fits", "_r.fits")
+        write_fits(path, image, header)
+        print(path)
     return 0
 
 
@@ -129,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single", help="a registered single frame, for the noise gain")
     p.add_argument("--band", default="L")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser(
+        "registered", help="write registered lights of a finished run (its transforms, its options)"
+    )
+    p.add_argument("target", help="a run's OUT/<target> folder")
+    p.add_argument("lights", nargs="*", help="lights (any end of their path); none: every registered light")
+    p.add_argument("--out", help="folder to write <stem>_r.fits to (default OUT/<target>/registered)")
+    p.set_defaults(func=_registered)
 
     p = sub.add_parser("compile", help="compile the numba kernels into their cache (make install does)")
     p.set_defaults(func=_compile)

@@ -506,8 +506,9 @@ def norm_coefficients(norms: list[FrameNorm], ref: FrameNorm, mode: str, channel
 def band_rows(n_frames: int, width: int, memory_mb: float) -> int:
     """Rows per band so the working set fits ``memory_mb``: per value a float32, its rejection
     state and growth flag (6 bytes, 7 with the read buffer); per pixel the band's image,
-    rejection maps, coverage and count (20 bytes)."""
-    per_row = width * (n_frames * 7 + 20)
+    rejection maps, coverage and count (20 bytes) and the planes a registered frame is resampled
+    through (source rows, result, clamp bounds and their inputs: 24 bytes)."""
+    per_row = width * (n_frames * 7 + 44)
     return max(1, min(8192, int(memory_mb * 2**20 / per_row)))
 
 

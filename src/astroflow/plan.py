@@ -215,12 +215,12 @@ def _plan_lights(table: pd.DataFrame, tlights: pd.DataFrame, rel: dict, cfg: dic
     return result
 
 
-AUTO_BATCH_MEGAPIXELS = 384  # pixels per calibrate/register job with batch_size: auto
+AUTO_BATCH_MEGAPIXELS = 384  # pixels per calibrate job with batch_size: auto
 BALANCE_MEGAPIXELS = 128  # above this per job, auto makes 4 jobs: hashed chunks are uneven
 
 
 def chunk_count(n_frames: int, megapixels: float, batch_size) -> int:
-    """Calibrate/register jobs for ``n_frames`` lights of ``megapixels`` each.
+    """Calibrate jobs for ``n_frames`` lights of ``megapixels`` each.
 
     ``batch_size`` lights per job, or ``"auto"``: about ``AUTO_BATCH_MEGAPIXELS`` of frames per
     job (10 frames of 26 MP, 500 of 0.07 MP: a job's ~1 s start-up is then small against its
@@ -239,7 +239,7 @@ def chunk_count(n_frames: int, megapixels: float, batch_size) -> int:
 
 
 def chunk_name(filt: str, key: int) -> str:
-    """A chunk's name, ``<filter>_<key>``: its folder under calibrated/ and registered/."""
+    """A chunk's name, ``<filter>_<key>``: its folder under calibrated/."""
     return f"{filt}_{key:03d}"
 
 

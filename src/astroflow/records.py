@@ -35,7 +35,6 @@ MEASURE = {
 REGISTRATION = {
     "reg_status": (str, "ok or excluded"),
     "reg_reason": (str, "why the light could not be registered"),
-    "registered": (str, "registered file in the chunk folder"),
     "matches": (int, "stars matched with the reference"),
     "reg_rms": (float, "[px] residual of the matched stars"),
     "reg_method": (str, "votes, triangles, phase correlation, or reference"),

@@ -57,6 +57,16 @@ def fit_transform(ref_xy: np.ndarray, src_xy: np.ndarray, model: str = "similari
     raise ValueError(f"unknown transform model {model!r}; use shift, similarity or affine")
 
 
+def matrix_text(matrix: np.ndarray) -> str:
+    """A transform as the registration table writes it: 6 numbers, row-major."""
+    return " ".join(f"{v:.8g}" for v in np.asarray(matrix).ravel())
+
+
+def parse_matrix(text: str) -> np.ndarray:
+    """The 2×3 transform of a registration table's ``matrix`` cell (:func:`matrix_text`)."""
+    return np.array([float(v) for v in text.split()]).reshape(2, 3)
+
+
 def apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return xy @ matrix[:, :2].T + matrix[:, 2]
 
@@ -230,45 +240,77 @@ def warp(
     the 3×3 neighbourhood's min/max of the source so dark rings do not appear around stars.
     Pixels not fully covered by the frame are NaN.
     """
+    m = np.asarray(matrix, np.float64)
+    missing = _uncovered(m, image.shape[-2:], shape)
+    planes = [image] if image.ndim == 2 else list(image)
+    out = np.stack([_warp_plane(np.asarray(p, np.float32), m, shape, clamp, interpolation) for p in planes])
+    out[:, missing] = np.nan
+    return out[0] if image.ndim == 2 else out
+
+
+def _warp_plane(plane: np.ndarray, m: np.ndarray, shape, clamp: bool, interpolation: str) -> np.ndarray:
     import cv2
 
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {INTERPOLATIONS}")
-    ny, nx = shape
     kernel = {"lanczos4": cv2.INTER_LANCZOS4, "cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR}
-    flags = kernel[interpolation] | cv2.WARP_INVERSE_MAP
-    m = np.asarray(matrix, np.float64)
+    size = (shape[1], shape[0])
 
-    def one(plane):
-        plane = np.asarray(plane, np.float32)
-        out = cv2.warpAffine(plane, m, (nx, ny), flags=flags, borderMode=cv2.BORDER_REFLECT)
-        if clamp:
-            k = np.ones((3, 3), np.uint8)
-            lo = cv2.warpAffine(
-                cv2.erode(plane, k),
-                m,
-                (nx, ny),
-                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                borderMode=cv2.BORDER_REFLECT,
-            )
-            hi = cv2.warpAffine(
-                cv2.dilate(plane, k),
-                m,
-                (nx, ny),
-                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                borderMode=cv2.BORDER_REFLECT,
-            )
-            np.clip(out, lo, hi, out=out)
-        return out
+    def resample(a, interp):
+        return cv2.warpAffine(a, m, size, flags=interp | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
 
-    missing = _uncovered(m, image.shape[-2:], shape)
-    if image.ndim == 2:
-        out = one(image)
-        out[missing] = np.nan
-        return out
-    out = np.stack([one(p) for p in image])
-    out[:, missing] = np.nan
+    out = resample(plane, kernel[interpolation])
+    if clamp:
+        k = np.ones((3, 3), np.uint8)
+        lo = resample(cv2.erode(plane, k), cv2.INTER_LINEAR)
+        hi = resample(cv2.dilate(plane, k), cv2.INTER_LINEAR)
+        np.clip(out, lo, hi, out=out)
     return out
+
+
+class WarpedRows:
+    """A calibrated frame seen on the reference grid, resampled band by band as it is read:
+    ``read_into(out, y0, channel)`` fills ``out`` with output rows from ``y0`` exactly as
+    :func:`warp` of the whole frame would (up to OpenCV's 1/32 px coordinate rounding), reading
+    only the source rows those output rows fall on. Integration reads its bands through it, so
+    registered frames are never written (104 MB each at 26 MP) nor read back.
+
+    ``frame`` is a band-readable frame (:class:`astroflow.io.FitsRows`), ``matrix`` the 2×3
+    reference→frame transform, ``shape`` the reference's (ny, nx)."""
+
+    MARGIN = 8  # source rows beyond the band's footprint: Lanczos-4 reads 3 above, 4 below, +1 clamp
+
+    def __init__(self, frame, matrix, shape, clamp: bool = True, interpolation: str = "lanczos4"):
+        self.frame, self.m = frame, np.asarray(matrix, np.float64)
+        self.clamp, self.interpolation = clamp, interpolation
+        self.shape = (*frame.shape[:-2], *shape)
+
+    def read_into(self, out: np.ndarray, y0: int, channel: int = 0) -> None:
+        nx = self.shape[-1]
+        rows = out.size // nx
+        band = self.m.copy()
+        band[:, 2] += self.m[:, 1] * y0  # output row y0 of the frame is row 0 of the band
+        src_ny = self.frame.shape[-2]
+        corners = band[1] @ np.array([[0, 0, 1], [nx - 1, 0, 1], [0, rows - 1, 1], [nx - 1, rows - 1, 1]]).T
+        s0 = max(0, int(np.floor(corners.min())) - self.MARGIN)
+        s1 = min(src_ny, int(np.ceil(corners.max())) + self.MARGIN + 1)
+        target = out.reshape(rows, nx)
+        if s1 - s0 < 2:  # the band lies outside the frame
+            target[:] = np.nan
+            return
+        slab = np.empty((s1 - s0, self.frame.shape[-1]), np.float32)
+        self.frame.read_into(slab, s0, channel)
+        local = band.copy()
+        local[1, 2] -= s0
+        target[:] = _warp_plane(slab, local, (rows, nx), self.clamp, self.interpolation)
+        target[_uncovered(band, self.frame.shape[-2:], (rows, nx))] = np.nan
+
+    def __getitem__(self, key):
+        c, rows = (0, key) if len(self.shape) == 2 else key
+        y0, y1, _ = rows.indices(self.shape[-2])
+        out = np.empty((max(0, y1 - y0), self.shape[-1]), np.float32)
+        self.read_into(out, y0, c)
+        return out
 
 
 def _uncovered(matrix: np.ndarray, src_shape: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:

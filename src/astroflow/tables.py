@@ -1,6 +1,7 @@
-"""The per-chunk tables (``measure.tsv``, ``registration.tsv``) as lists of dicts, without pandas.
+"""The per-frame tables (``measure.tsv`` per chunk, ``registration/<F>.tsv`` per filter) as lists
+of dicts, without pandas.
 
-Calibrate and register jobs run once per chunk, and pandas alone costs ~0.2 s of every job's
+Calibrate jobs run once per chunk, and pandas alone costs ~0.2 s of every job's
 start-up; these tables are small and flat, so the csv module does. Conventions: tab-separated,
 a header row, columns in the order they first appear; ``None`` and NaN are written as empty
 cells (pandas reads those as NaN) and read back as ``None``; ``True``/``False``, integers and

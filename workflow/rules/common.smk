@@ -251,16 +251,25 @@ def calibrate_inputs(wildcards):
 
 
 def integrate_inputs(wc):
-    """The filter's registered chunks, or the stack made elsewhere that stands for them."""
+    """The filter's calibrated chunks and the reference filter's (the reference is chosen
+    among them), or the stack made elsewhere that stands for them."""
     external = PLAN[wc.target]["external"].get(wc.filter)
     if external:
-        return [external]
-    return [out(wc.target, "registered", c) for c in chunks_of(wc.target, wc.filter)]
+        return {"external": external}
+    return {
+        "calibrated": [
+            out(wc.target, "calibrated", c) for c in chunks_of(wc.target, wc.filter)
+        ],
+        "reference": reference_chunks(wc),
+    }
 
 
 def frames_table_inputs(wc):
+    """Every calibrated chunk: frames.tsv registers them itself (milliseconds a frame), so it is
+    whole even when a filter's integration fails."""
     inputs = {
-        "registered": [out(wc.target, "registered", c) for c in chunks_of(wc.target)]
+        "calibrated": [out(wc.target, "calibrated", c) for c in chunks_of(wc.target)],
+        "reference_chunks": reference_chunks(wc),
     }
     if PLAN[wc.target]["reference_filter"]:
         inputs["reference"] = out(wc.target, "reference.json")

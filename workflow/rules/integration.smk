@@ -1,9 +1,10 @@
-# Per-filter integration, and the record of everything the run decided.
+# Per-filter registration and integration (the frames are resampled as integration reads them),
+# and the record of everything the run decided.
 
 
 rule integrate:
     input:
-        integrate_inputs,
+        unpack(integrate_inputs),
     output:
         image=out("{target}", "integration", "Integration_{filter}.fits"),
         rejection_low=out(
@@ -25,7 +26,6 @@ rule integrate:
         band_mb=config["integration"]["memory_mb"],
         runtime=lambda wc: job_runtime(wc.target, filter_frames(wc.target, wc.filter)),
     params:
-        external=lambda wc: PLAN[wc.target]["external"].get(wc.filter, ""),
         cfg=stage_cfg("integrate"),
         history=stage_history("integrate"),
         code=stage_code("integrate"),

@@ -1,7 +1,7 @@
-# Per-chunk work on lights: calibrate + cosmetic + debayer + measure, then register (each
-# register job chooses the target's reference from the reference filter's measurements;
-# `reference` records it).
-# One job per chunk of frames (`batch_size`), not per frame.
+# Per-chunk work on lights: calibrate + cosmetic + debayer + measure, one job per chunk of
+# frames (`batch_size`), not per frame. Registration needs no job of its own: each integrate job
+# chooses the target's reference from the reference filter's measurements and registers its
+# filter's lights from their star lists; `reference` records the choice.
 
 
 rule calibrate:
@@ -43,26 +43,3 @@ rule reference:
         code=stage_code("reference"),
     script:
         "../../scripts/reference.py"
-
-
-rule register:
-    input:
-        calibrated=out("{target}", "calibrated", "{chunk}"),
-        # the reference is chosen here from its filter's measurements (no job waits for it)
-        reference=reference_chunks,
-    output:
-        directory(out("{target}", "registered", "{chunk}")),
-    log:
-        out("{target}", "logs", "register_{chunk}.log"),
-    benchmark:
-        out("{target}", "benchmarks", "register_{chunk}.tsv")
-    conda:
-        "../../envs/astroflow.yaml"
-    resources:
-        mem_mb=lambda wc: job_mem_mb(wc.target, 6),
-        runtime=lambda wc: job_runtime(wc.target, len(chunk_rows(wc))),
-    params:
-        cfg=stage_cfg("register"),
-        code=stage_code("register"),
-    script:
-        "../../scripts/register.py"

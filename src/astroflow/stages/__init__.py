@@ -31,7 +31,15 @@ class Stage:
         return self.function.split(":")[0]
 
 
-_LIGHTS = ("master", "calibrate", "register")
+_LIGHTS = ("master", "calibrate")
+_REGISTRATION = (
+    "registration.transform",
+    "registration.min_matches",
+    "registration.max_rms",
+    "registration.clamping",
+    "registration.interpolation",
+    "subframes",
+)
 _CHANNELS = (*_LIGHTS, "integrate", "crop_area", "gradient")
 
 STAGES: dict[str, Stage] = {
@@ -51,21 +59,10 @@ STAGES: dict[str, Stage] = {
         ("master",),
     ),
     "reference": Stage("astroflow.stages.register:reference", ("subframes",), ("calibrate",)),
-    "register": Stage(
-        "astroflow.stages.register:register",
-        (
-            "registration.transform",
-            "registration.min_matches",
-            "registration.max_rms",
-            "registration.clamping",
-            "registration.interpolation",
-            "subframes",
-        ),
-        ("master", "calibrate"),
-    ),
     "integrate": Stage(
         "astroflow.stages.integrate:integrate",
         (
+            *_REGISTRATION,
             "integration.rejection",
             "integration.params",
             "integration.normalization",
@@ -73,11 +70,10 @@ STAGES: dict[str, Stage] = {
             "integration.combination",
             "integration.grow",
             "integration.grow_sigma",
-            "subframes",
         ),
         _LIGHTS,
     ),
-    "frames_table": Stage("astroflow.stages.frames_table:frames_table", ("subframes",), _LIGHTS),
+    "frames_table": Stage("astroflow.stages.frames_table:frames_table", _REGISTRATION, _LIGHTS),
     "provenance": Stage("astroflow.stages.provenance:provenance"),
     "crop_area": Stage("astroflow.stages.crop:crop_area", ("crop",), (*_LIGHTS, "integrate")),
     "crop_channel": Stage("astroflow.stages.crop:crop_channel", (), ("crop_area",)),

@@ -1,5 +1,6 @@
-"""Stage ``integrate``: all registered frames of one filter into its integration, rejection maps
-and coverage map."""
+"""Stage ``integrate``: one filter's calibrated lights registered onto the target's reference,
+then integrated, resampled band by band as they are read, into its integration, rejection maps
+and coverage map; its registration table is written on the way."""
 
 from __future__ import annotations
 
@@ -10,23 +11,32 @@ import numpy as np
 from astropy.io import fits
 
 from .. import records
-from ..io import STACK_KEYWORDS, FitsRows, FitsWriter, add_history, copy_wcs, read_header
-from ..tables import number, read_chunk_tables
+from ..io import STACK_KEYWORDS, FitsWriter, add_history, copy_wcs, read_header
+from ..tables import number
 
 log = logging.getLogger("astroflow")
 
 
 def integrate(
-    registered_dirs: list[str], filt: str, outputs: dict, cfg: dict, history: list[str], memory_mb: float
+    calibrated_dirs: list[str],
+    reference_dirs: list[str],
+    filt: str,
+    outputs: dict,
+    cfg: dict,
+    history: list[str],
+    memory_mb: float,
 ) -> dict:
-    """Integrate all registered frames of one filter; write image, rejection and coverage maps.
+    """Register the filter's lights of ``calibrated_dirs`` onto the reference chosen among
+    ``reference_dirs`` (:func:`astroflow.stages.register.register_lights`; frames.tsv records
+    the same registration) and integrate them into image, rejection and coverage maps.
 
-    Frames are read band by band within ``memory_mb`` MB (the result does not depend on it);
-    they are combined in the order of their paths, whatever chunks they came in."""
+    Frames are resampled and read band by band within ``memory_mb`` MB (the result does not
+    depend on it); they are combined in the order of their paths, whatever chunks they came in."""
     from .. import integrate as lib
     from .. import subframes
+    from .register import register_lights, registered_rows
 
-    rows = read_chunk_tables(registered_dirs, "registration.tsv")
+    rows, reference = register_lights(calibrated_dirs, reference_dirs, cfg)
     ok = sorted((r for r in rows if r.get("reg_status") == "ok"), key=lambda r: r["path"])
     if not ok:
         raise RuntimeError(f"filter {filt}: no frame could be calibrated and registered (see frames.tsv)")
@@ -65,15 +75,17 @@ def integrate(
         method = lib.auto_rejection(max(n, 3), method)
     low, high = ic["params"][method] if method in ic["params"] else lib.DEFAULT_PARAMS[method]
     norms = [lib.FrameNorm(loc[i], scale[i], float(w[i])) for i in range(n)]
-    sources = [FitsRows(Path(r["dir"]) / r["registered"]) for r in ok]
+    grid = read_header(reference["file"])  # the reference's grid and WCS
+    shape = (int(grid["NAXIS2"]), int(grid["NAXIS1"]))
+    sources = [registered_rows(Path(r["dir"]) / r["file"], r, shape, cfg) for r in ok]
     if n < 3:
         log.warning("filter %s: only %d frame(s): averaged without rejection", filt, n)
-    head = read_header(Path(ok[ref]["dir"]) / ok[ref]["registered"])
+    head = read_header(Path(ok[ref]["dir"]) / ok[ref]["file"])
     h = fits.Header()
     for key in STACK_KEYWORDS:
         if key in head:
             h[key] = head[key]
-    copy_wcs(head, h)
+    copy_wcs(grid, h)
     h["IMAGETYP"] = "Master light"
     h["FILTER"] = filt
     exps = np.array([float(r["exptime"]) for r in ok])
@@ -90,6 +102,7 @@ def integrate(
     h["REFFRAME"] = (Path(ok[ref]["path"]).name[:68], "normalisation reference")
     add_history(h, history)
     shape = sources[0].shape
+    log.info("filter %s: %d frames registered onto %s and integrated", filt, n, Path(reference["path"]).name)
     bands = lib.integrate_bands(
         sources,
         norms,

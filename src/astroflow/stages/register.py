@@ -3,15 +3,15 @@ measurements of its reference filter, and the registration of one chunk onto it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from .. import records
-from ..io import FrameError, atomic_path, copy_wcs, read_header, read_image, write_fits
-from ..tables import number, read_chunk_tables, read_tsv, write_tsv
+from ..io import FrameError, atomic_path, read_image
+from ..tables import number, read_chunk_tables
 
 log = logging.getLogger("astroflow")
 
@@ -20,7 +20,7 @@ def choose_reference(calibrated_dirs: list[str], cfg: dict) -> dict:
     """The registration reference among the lights of ``calibrated_dirs`` (the chunks of the
     target's reference filter, chosen by the plan): the best SSWEIGHT of subframe selection
     (:mod:`astroflow.subframes`, ``cfg['subframes']``) among the lights with 3 stars or more, or
-    the user's ``subframes.reference``. A pure function of those files, so every register job
+    the user's ``subframes.reference``. A pure function of those files, so every integrate job
     computes it and no job waits for a separate reference step; :func:`reference` records it.
     Without any such light it is ``{"path": None, "reason": ...}``: every light of the target is
     then excluded with that reason, and listed in frames.tsv."""
@@ -66,103 +66,129 @@ def reference(calibrated_dirs: list[str], out: str | Path, cfg: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Registration of a chunk
+# Registration of a filter's lights
 
 
-def register(calibrated_dir, reference_dirs: list[str], out_dir, cfg: dict) -> None:
-    """Register every measured light of a chunk onto the target's reference (chosen from the
-    reference filter's ``reference_dirs``, :func:`choose_reference`); write ``<stem>_r.fits`` and
-    ``registration.tsv`` (the chunk's ``measure.tsv`` rows with the registration's columns)."""
+def register_lights(
+    calibrated_dirs: list[str], reference_dirs: list[str], cfg: dict
+) -> tuple[list[dict], dict]:
+    """Register every measured light of ``calibrated_dirs`` (one filter's chunks) onto the
+    target's reference (chosen from the reference filter's ``reference_dirs``,
+    :func:`choose_reference`) from their star lists alone: milliseconds per frame, the images
+    are read only for the phase-correlation fallback. Returns the rows of the registration
+    table (``measure.tsv`` rows with :data:`records.REGISTRATION`'s columns, ``dir`` the
+    calibrated chunk folder) and the reference. The frames are resampled where they are read,
+    by integration (:class:`astroflow.register.WarpedRows`)."""
     from .. import register as reg_lib
+    from ..io import FitsRows
 
-    calibrated_dir, out_dir = Path(calibrated_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ref = choose_reference(reference_dirs, cfg)
+    table = read_chunk_tables(calibrated_dirs, "measure.tsv")
     if not ref["path"]:
-        rows = [
+        log.error("%s", ref["reason"])
+        return [
             {
                 **r,
                 "reg_status": "excluded",
                 "reg_reason": ref["reason"] if r["status"] == "ok" else "not calibrated",
             }
-            for r in read_tsv(calibrated_dir / "measure.tsv")
-        ]
-        log.error("%s: %s", calibrated_dir, ref["reason"])
-        return _write_registration(rows, out_dir)
+            for r in table
+        ], ref
     ref_stars = np.asarray(ref["stars"], float)
     ref_xy = ref_stars[:, :2]
-    ref_header = read_header(ref["file"])
-    shape = (int(ref_header["NAXIS2"]), int(ref_header["NAXIS1"]))
-    ref_lum = []  # read only if a frame needs phase correlation
+    shape = FitsRows(ref["file"]).shape[-2:]
 
-    def luminance(img):
+    def luminance(path):
+        img = read_image(path)[0]
         return img.mean(axis=0) if img.ndim == 3 else img
 
-    def reference_luminance():
-        if not ref_lum:
-            ref_lum.append(luminance(read_image(ref["file"])[0]))
-        return ref_lum[0]
+    @functools.cache
+    def reference_luminance():  # read only if a frame needs phase correlation
+        return luminance(ref["file"])
 
     rc = cfg["registration"]
-    table = read_tsv(calibrated_dir / "measure.tsv")
-    stars = np.load(calibrated_dir / "stars.npz")
+    stars = {d: np.load(Path(d) / "stars.npz") for d in calibrated_dirs}
     rows = []
     for row in table:
-        rec = {**row, "reg_status": "excluded", "reg_reason": "", "registered": ""}
+        rec = {**row, "reg_status": "excluded", "reg_reason": ""}
         rows.append(rec)
         if row["status"] != "ok":
             rec["reg_reason"] = "not calibrated"
             continue
-        src_path = calibrated_dir / row["file"]
+        src_path = str(Path(row["dir"]) / row["file"])
+        src_stars = stars[row["dir"]][row["file"]]
         try:
-            img, header, _ = read_image(src_path)
-            if img.shape[-2:] != shape:
-                raise reg_lib.RegistrationError(
-                    f"size {img.shape[-2:][::-1]} differs from the reference {shape[::-1]}"
-                )
-            if str(src_path) == ref["file"]:
+            size = FitsRows(src_path).shape[-2:]
+            if size != shape:
+                raise reg_lib.RegistrationError(f"size {size[::-1]} differs from the reference {shape[::-1]}")
+            if src_path == ref["file"]:
                 reg = reg_lib.Registration(
                     np.array([[1.0, 0, 0], [0, 1.0, 0]]), len(ref_xy), 0.0, "reference"
                 )
             else:
-                xy = stars[row["file"]][:, :2]
                 reg = reg_lib.register(
                     ref_xy,
-                    xy,
+                    src_stars[:, :2],
                     rc["transform"],
                     rc["min_matches"],
-                    images=lambda img=img: (reference_luminance(), luminance(img)),
+                    images=lambda p=src_path: (reference_luminance(), luminance(p)),
                 )
                 if reg.rms > rc["max_rms"]:
                     raise reg_lib.RegistrationError(
                         f"star residual {reg.rms:.2f} px exceeds max_rms {rc['max_rms']} px"
                     )
-            out = reg_lib.warp(img, reg.matrix, shape, rc["clamping"], rc["interpolation"])
-            name = row["file"].replace("_c.fits", "_r.fits")
-            header["HISTORY"] = f"registered to {Path(ref['path']).name} ({reg.method}, {reg.matches} stars)"
-            copy_wcs(ref_header, header)
-            write_fits(out_dir / name, out, header)
             a = reg.matrix
-            scale = 1.0 if reg.method == "reference" else reg_lib.flux_scale(ref_stars, stars[row["file"]], a)
+            scale = 1.0 if reg.method == "reference" else reg_lib.flux_scale(ref_stars, src_stars, a)
             rec.update(
                 flux_scale=round(scale, 6),
                 reg_status="ok",
-                registered=name,
                 matches=reg.matches,
                 reg_rms=round(reg.rms, 4),
                 reg_method=reg.method,
                 shift_x=round(float(a[0, 2]), 3),
                 shift_y=round(float(a[1, 2]), 3),
                 rotation=round(float(np.degrees(np.arctan2(a[1, 0], a[0, 0]))), 4),
-                matrix=" ".join(f"{v:.8g}" for v in a.ravel()),
-                reference=str(src_path) == ref["file"],
+                matrix=reg_lib.matrix_text(a),
+                reference=src_path == ref["file"],
             )
         except (reg_lib.RegistrationError, FrameError) as exc:
             rec["reg_reason"] = f"{row['path']}: cannot register: {exc}"
             log.error("excluded %s", rec["reg_reason"])
-    _write_registration(rows, out_dir)
+    return rows, ref
 
 
-def _write_registration(rows: list[dict], out_dir: Path) -> None:
-    columns = {**records.MEASURE, **records.REGISTRATION}
-    write_tsv([records.check(r, columns) for r in rows], out_dir / "registration.tsv")
+def registered_rows(path, row: dict, shape: tuple[int, int], cfg: dict):
+    """The calibrated light ``path`` as its registration-table ``row`` puts it on the reference
+    grid ``shape``: a :class:`astroflow.register.WarpedRows`, resampled as its bands are read."""
+    from ..io import FitsRows
+    from ..register import WarpedRows, parse_matrix
+
+    rc = cfg["registration"]
+    return WarpedRows(FitsRows(path), parse_matrix(row["matrix"]), shape, rc["clamping"], rc["interpolation"])
+
+
+def registered_image(target_dir, light: str, registration: dict | None = None):
+    """The registered light of a finished run whose data path ends with ``light``, resampled
+    onto the reference grid as integration reads it (runs write no registered frames), from the
+    transform frames.tsv records: returns the image, its header (the calibrated light's, with
+    the reference's WCS) and its frames.tsv row. ``registration`` holds the run's ``clamping``
+    and ``interpolation`` (default: :func:`astroflow.register.warp`'s)."""
+    from ..io import copy_wcs, read_header
+    from ..register import parse_matrix, warp
+    from ..tables import read_tsv
+
+    target_dir = Path(target_dir)
+    rows = read_tsv(target_dir / "frames.tsv") if (target_dir / "frames.tsv").exists() else []
+    row = next((r for r in rows if r["path"].endswith(light) and r.get("reg_method")), None)
+    ref = next((r for r in rows if r.get("reg_method") == "reference"), None)
+    if row is None or ref is None:
+        raise FileNotFoundError(f"{target_dir}: no registered light {light!r} (see frames.tsv)")
+    grid = read_header(target_dir / "calibrated" / ref["chunk"] / ref["calibrated"])
+    img, header, _ = read_image(target_dir / "calibrated" / row["chunk"] / row["calibrated"])
+    rc = registration or {}
+    options = {"clamp": rc.get("clamping", True), "interpolation": rc.get("interpolation", "lanczos4")}
+    image = warp(img, parse_matrix(row["matrix"]), (grid["NAXIS2"], grid["NAXIS1"]), **options)
+    header["HISTORY"] = (
+        f"registered to {Path(ref['path']).name} ({row['reg_method']}, {row['matches']} stars)"
+    )
+    return image, copy_wcs(grid, header), row
