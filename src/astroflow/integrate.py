@@ -42,7 +42,9 @@ AutoIntegrate's, takes percentile below 8 frames; see :func:`auto_rejection`).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 
 import numba
 import numpy as np
@@ -189,7 +191,7 @@ def _quantile_sorted(s, n, q):
     return s[i] if i + 1 >= n else s[i] + (pos - i) * (s[i + 1] - s[i])
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _column(v, n_all, code, low, high, max_iter, table, r_max, state, s, sidx, dev, removed, below):
     """Reject in one column ``v[:n_all]`` (valid values only); ``state``: 0 kept, 1 low, 2 high.
 
@@ -503,12 +505,13 @@ def norm_coefficients(norms: list[FrameNorm], ref: FrameNorm, mode: str, channel
     return gain, offset
 
 
-def band_rows(n_frames: int, width: int, memory_mb: float) -> int:
+def band_rows(n_frames: int, width: int, memory_mb: float, readers: int = 1) -> int:
     """Rows per band so the working set fits ``memory_mb``: per value a float32, its rejection
     state and growth flag (6 bytes, 7 with the read buffer); per pixel the band's image,
-    rejection maps, coverage and count (20 bytes) and the planes a registered frame is resampled
-    through (source rows, result, clamp bounds and their inputs: 24 bytes)."""
-    per_row = width * (n_frames * 7 + 44)
+    rejection maps, coverage and count (20 bytes) and, for each of the ``readers`` threads, the
+    planes a registered frame is resampled through (source rows, clamp bounds and their inputs:
+    24 bytes)."""
+    per_row = width * (n_frames * 7 + 20 + 24 * readers)
     return max(1, min(8192, int(memory_mb * 2**20 / per_row)))
 
 
@@ -543,41 +546,49 @@ def integrate_bands(
     n = len(sources)
     weights = np.array([nm.weight for nm in norms], np.float64)
     coeffs = [norm_coefficients(norms, norms[reference], normalisation, c) for c in range(channels)]
-    rows = band_rows(n, nx, memory_mb)
-    for y0 in range(0, ny, rows):
-        y1 = min(ny, y0 + rows)
-        ya, yb = max(0, y0 - grow), min(ny, y1 + grow)  # halo rows for the growth
-        image = np.empty((channels, y1 - y0, nx), np.float32)
-        rej_lo, rej_hi = np.empty_like(image), np.empty_like(image)
-        coverage = np.empty((y1 - y0, nx), np.float32)
-        for c in range(channels):
-            band = np.empty((n, (yb - ya) * nx), np.float32)
-            for i, src in enumerate(sources):
-                if hasattr(src, "read_into"):  # a FitsRows: read straight into the band
-                    src.read_into(band[i], ya, c)
-                else:
-                    band[i] = (src[ya:yb] if mono else src[c, ya:yb]).reshape(-1)
-            _normalise_inplace(band, *coeffs[c])
-            state = reject_state(band, rejection, low, high)
-            if grow > 0 and (state == 2).any():
-                _grow_high(band.reshape(n, yb - ya, nx), state.reshape(n, yb - ya, nx), grow, grow_sigma)
-            valid = np.empty((y1 - y0) * nx, np.int32)
-            _combine_columns(
-                band,
-                state,
-                (y0 - ya) * nx,
-                weights,
-                combine == "median",
-                image[c].reshape(-1),
-                rej_lo[c].reshape(-1),
-                rej_hi[c].reshape(-1),
-                valid,
-            )
-            if c == 0:
-                coverage[:] = valid.reshape(y1 - y0, nx)
-            del band, state, valid  # before the next band is allocated: one band in memory
-        yield y0, y1, image, rej_lo, rej_hi, coverage
-        del image, rej_lo, rej_hi, coverage
+    workers = numba.get_num_threads()
+    rows = band_rows(n, nx, memory_mb, workers)
+    with ThreadPoolExecutor(workers) as pool:
+        for y0 in range(0, ny, rows):
+            y1 = min(ny, y0 + rows)
+            ya, yb = max(0, y0 - grow), min(ny, y1 + grow)  # halo rows for the growth
+            image = np.empty((channels, y1 - y0, nx), np.float32)
+            rej_lo, rej_hi = np.empty_like(image), np.empty_like(image)
+            coverage = np.empty((y1 - y0, nx), np.float32)
+            for c in range(channels):
+                band = np.empty((n, (yb - ya) * nx), np.float32)
+
+                # reads and resampling release the GIL: the job's threads share the frames
+                list(pool.map(_read_band, sources, band, repeat(ya), repeat(yb), repeat(c)))
+                _normalise_inplace(band, *coeffs[c])
+                state = reject_state(band, rejection, low, high)
+                if grow > 0 and (state == 2).any():
+                    _grow_high(band.reshape(n, yb - ya, nx), state.reshape(n, yb - ya, nx), grow, grow_sigma)
+                valid = np.empty((y1 - y0) * nx, np.int32)
+                _combine_columns(
+                    band,
+                    state,
+                    (y0 - ya) * nx,
+                    weights,
+                    combine == "median",
+                    image[c].reshape(-1),
+                    rej_lo[c].reshape(-1),
+                    rej_hi[c].reshape(-1),
+                    valid,
+                )
+                if c == 0:
+                    coverage[:] = valid.reshape(y1 - y0, nx)
+                del band, state, valid  # before the next band is allocated: one band in memory
+            yield y0, y1, image, rej_lo, rej_hi, coverage
+            del image, rej_lo, rej_hi, coverage
+
+
+def _read_band(src, out: np.ndarray, ya: int, yb: int, channel: int) -> None:
+    """Rows ``ya:yb`` of ``channel`` of one frame into its row ``out`` of the band."""
+    if hasattr(src, "read_into"):  # FitsRows, WarpedRows: straight into the band
+        src.read_into(out, ya, channel)
+    else:
+        out[:] = (src[ya:yb] if len(src.shape) == 2 else src[channel, ya:yb]).reshape(-1)
 
 
 def integrate(sources: list, norms: list[FrameNorm], rejection: str, low: float, high: float, **options):

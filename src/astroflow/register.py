@@ -78,10 +78,8 @@ def flux_scale(ref: np.ndarray, src: np.ndarray, matrix: np.ndarray, radius: flo
     than 3 stars pair up. The brightest tenth is left out (saturation, non-linearity)."""
     if len(ref) < 3 or len(src) < 3:
         return float("nan")
-    projected = apply(matrix, ref[:, :2])
-    d2 = ((projected[:, None, :] - src[None, :, :2]) ** 2).sum(axis=2)
-    nearest = np.argmin(d2, axis=1)
-    pair = d2[np.arange(len(ref)), nearest] <= radius**2
+    dist, nearest = cKDTree(src[:, :2]).query(apply(matrix, ref[:, :2]), distance_upper_bound=radius)
+    pair = np.isfinite(dist)
     ratio = ref[pair, 2] / src[nearest[pair], 2]
     bright = ref[pair, 2]
     ratio = (
@@ -248,7 +246,8 @@ def warp(
     return out[0] if image.ndim == 2 else out
 
 
-def _warp_plane(plane: np.ndarray, m: np.ndarray, shape, clamp: bool, interpolation: str) -> np.ndarray:
+def _warp_plane(plane: np.ndarray, m: np.ndarray, shape, clamp: bool, interpolation: str, out=None) -> np.ndarray:
+    """One plane resampled onto ``shape`` (into ``out``, float32 C-contiguous, when given)."""
     import cv2
 
     if interpolation not in INTERPOLATIONS:
@@ -256,10 +255,11 @@ def _warp_plane(plane: np.ndarray, m: np.ndarray, shape, clamp: bool, interpolat
     kernel = {"lanczos4": cv2.INTER_LANCZOS4, "cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR}
     size = (shape[1], shape[0])
 
-    def resample(a, interp):
-        return cv2.warpAffine(a, m, size, flags=interp | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+    def resample(a, interp, dst=None):
+        flags = interp | cv2.WARP_INVERSE_MAP
+        return cv2.warpAffine(a, m, size, dst=dst, flags=flags, borderMode=cv2.BORDER_REFLECT)
 
-    out = resample(plane, kernel[interpolation])
+    out = resample(plane, kernel[interpolation], out)
     if clamp:
         k = np.ones((3, 3), np.uint8)
         lo = resample(cv2.erode(plane, k), cv2.INTER_LINEAR)
@@ -302,8 +302,8 @@ class WarpedRows:
         self.frame.read_into(slab, s0, channel)
         local = band.copy()
         local[1, 2] -= s0
-        target[:] = _warp_plane(slab, local, (rows, nx), self.clamp, self.interpolation)
-        target[_uncovered(band, self.frame.shape[-2:], (rows, nx))] = np.nan
+        _warp_plane(slab, local, (rows, nx), self.clamp, self.interpolation, out=target)
+        np.copyto(target, np.float32(np.nan), where=_uncovered(band, self.frame.shape[-2:], (rows, nx)))
 
     def __getitem__(self, key):
         c, rows = (0, key) if len(self.shape) == 2 else key
