@@ -246,7 +246,9 @@ def warp(
     return out[0] if image.ndim == 2 else out
 
 
-def _warp_plane(plane: np.ndarray, m: np.ndarray, shape, clamp: bool, interpolation: str, out=None) -> np.ndarray:
+def _warp_plane(
+    plane: np.ndarray, m: np.ndarray, shape, clamp: bool, interpolation: str, out=None
+) -> np.ndarray:
     """One plane resampled onto ``shape`` (into ``out``, float32 C-contiguous, when given)."""
     import cv2
 

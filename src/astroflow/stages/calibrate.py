@@ -76,7 +76,9 @@ def calibrate_frame(raw, header, exptime: float, masters: Masters, cfg: dict, ba
         raise FrameError(f"no noise: the image is flat at {level:g} ADU (blank, saturated or synthetic?)")
     if cc["enabled"] and cc["auto_detect"]:
         bad |= cosmetic.isolated_defects(img, cc["auto_sigma"], noise, cfa=cfa)
-    img = cosmetic.correct(img, bad if cc["enabled"] else np.zeros(img.shape, np.uint8), cfa=cfa, inplace=True)
+    img = cosmetic.correct(
+        img, bad if cc["enabled"] else np.zeros(img.shape, np.uint8), cfa=cfa, inplace=True
+    )
     pattern = None
     if cfa:
         from ..debayer import debayer, effective_pattern
