@@ -1,5 +1,6 @@
 """Finished images through the real Snakemake CLI, judged against the generated nights' truth."""
 
+import json
 import os
 import shutil
 
@@ -299,11 +300,11 @@ def test_a_folder_of_stacks_made_elsewhere_runs_the_finishing_steps(lrgb_run, tm
     assert "unused" in frames.loc["masterLight_R_again.fits", "reason"]
 
 
-def test_a_filter_that_cannot_be_registered_is_named_and_the_others_integrated(tmp_path):
+def test_a_filter_that_cannot_be_registered_costs_only_the_images_that_need_it(tmp_path):
     """RGB + Hα where every Hα light is starless (clouds): the reference comes from a broadband
-    filter, so R, G and B are registered and integrated; the Hα integration fails, named, and
-    frames.tsv says why for each Hα light. (The images still wait for the common-area crop of
-    every filter: a failed filter stops the finishing steps.)"""
+    filter, so R, G and B are registered and integrated; the Hα integration holds no frame and
+    says why, the common area is that of R, G and B, AutoRGB is made, and the run ends in error
+    naming Hα for the images that need it; frames.tsv says why for each Hα light."""
     night = tmp_path / "night"
     make_night(night, NightSpec(filters=("R", "G", "B", "H"), frames=3, width=512, height=384, seed=12))
     rng = np.random.default_rng(0)
@@ -312,9 +313,15 @@ def test_a_filter_that_cannot_be_registered_is_named_and_the_others_integrated(t
         fits.PrimaryHDU(rng.normal(900, 12, (384, 512)).astype(np.uint16), header).writeto(f, overwrite=True)
     out = tmp_path / "out"
     proc = run_snakemake(night, out, check=False)
+    target = out / "NGC_7000"
     assert proc.returncode != 0 and "filter H: no frame could be calibrated and registered" in proc.stderr
     for f in "RGB":
-        assert fits.getheader(out / f"NGC_7000/integration/Integration_{f}.fits")["NCOMBINE"] == 3
-    frames = pd.read_csv(out / "NGC_7000/frames.tsv", sep="\t")
+        assert fits.getheader(target / f"integration/Integration_{f}.fits")["NCOMBINE"] == 3
+    empty = fits.getheader(target / "integration/Integration_H.fits")
+    assert empty["NCOMBINE"] == 0 and "no frame could be" in empty["EMPTYWHY"]
+    rgb = fits.getdata(target / "final/AutoRGB/AutoRGB.fits")
+    assert rgb.shape[0] == 3 and np.isfinite(rgb).all() and rgb.std() > 0
+    assert json.loads((target / "processed/crop.json").read_text())["y0_y1_x0_x1"][1] > 300  # not cut by H
+    frames = pd.read_csv(target / "frames.tsv", sep="\t")
     h = frames[(frames["type"] == "light") & (frames["filter"] == "H")]
     assert len(h) == 3 and not h["accepted"].any() and h["reason"].str.len().gt(0).all()

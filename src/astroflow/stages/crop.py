@@ -16,8 +16,20 @@ log = logging.getLogger("astroflow")
 
 
 def crop_area(coverages: list[str], info_out, cfg: dict) -> tuple[int, int, int, int]:
-    """One common-area rectangle for all integrations of a target (the whole image when disabled)."""
-    covs = [read_image(p)[0] for p in coverages]
+    """One common-area rectangle for all integrations of a target (the whole image when
+    disabled); an integration of no frame (a filter that failed) is left out, with a warning."""
+    from .integrate import empty_reason
+
+    covs = []
+    for path in coverages:
+        cov, header, _ = read_image(path)
+        why = empty_reason(header)
+        if why:
+            log.warning("%s: left out of the common area (%s)", path, why)
+        else:
+            covs.append(cov)
+    if not covs:
+        raise ValueError(f"no integration holds a frame ({', '.join(coverages)}): see frames.tsv")
     shapes = {c.shape for c in covs}
     if len(shapes) > 1:
         raise ValueError(f"integrations of one target differ in size ({', '.join(coverages)})")
@@ -35,9 +47,13 @@ def crop_area(coverages: list[str], info_out, cfg: dict) -> tuple[int, int, int,
 
 def crop_channel(image_path, info_path, image_out):
     """Apply the target's rectangle to one integration (WCS reference pixel shifted with it)."""
+    from .integrate import empty_reason
+
     info = json.loads(Path(info_path).read_text())
     rect = tuple(info["y0_y1_x0_x1"])
     img, header, _ = read_image(image_path)
+    if empty_reason(header):
+        raise ValueError(f"{empty_reason(header)} (see frames.tsv): the images that need it are not made")
     if list(img.shape[-2:]) != info["from"]:
         raise ValueError(
             f"{image_path}: size {img.shape[-1]}×{img.shape[-2]} differs from the target's other integrations"

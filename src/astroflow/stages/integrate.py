@@ -39,7 +39,7 @@ def integrate(
     rows, reference = register_lights(calibrated_dirs, reference_dirs, cfg)
     ok = sorted((r for r in rows if r.get("reg_status") == "ok"), key=lambda r: r["path"])
     if not ok:
-        raise RuntimeError(f"filter {filt}: no frame could be calibrated and registered (see frames.tsv)")
+        return _empty(filt, "no frame could be calibrated and registered", reference, outputs, history)
     ssweight, reasons = subframes.select(ok, cfg["subframes"])
     for r, why in zip(ok, reasons, strict=True):
         if why:
@@ -47,7 +47,7 @@ def integrate(
     ssweight = np.array([w for w, why in zip(ssweight, reasons, strict=True) if not why])
     ok = [r for r, why in zip(ok, reasons, strict=True) if not why]
     if not ok:
-        raise RuntimeError(f"filter {filt}: subframe selection rejected every frame (see frames.tsv)")
+        return _empty(filt, "subframe selection rejected every frame", reference, outputs, history)
     ic = cfg["integration"]
     n = len(ok)
     channels = sum(
@@ -130,6 +130,33 @@ def integrate(
             w_hi.write_rows(y0, squeeze(rej_hi))
             w_cov.write_rows(y0, coverage)
     return {"frames": n, "rejection": method, "reference": ok[ref]["path"]}
+
+
+def empty_reason(header) -> str | None:
+    """Why an integration holds no frame (:func:`_empty`), or None for a real one."""
+    return header.get("EMPTYWHY") if header.get("NCOMBINE", 1) == 0 else None
+
+
+def _empty(filt: str, why: str, reference: dict, outputs: dict, history: list[str]) -> dict:
+    """An integration of no frame: NCOMBINE = 0, zero coverage, the reason in EMPTYWHY, on the
+    reference's grid (1×1 without one). It keeps the night going: the common area and the
+    images that do not need this filter are made without it; crop_channel stops those that do,
+    naming it (:func:`empty_reason`). Every light's reason is in frames.tsv."""
+    from ..io import FitsRows
+
+    log.error("filter %s: %s (see frames.tsv); the images that need it are not made", filt, why)
+    shape = FitsRows(reference["file"]).shape if reference.get("path") else (1, 1)
+    h = fits.Header()
+    h["IMAGETYP"] = "Master light"
+    h["FILTER"] = filt
+    h["NCOMBINE"] = (0, "frames integrated: none")
+    h["EMPTYWHY"] = (f"filter {filt}: {why}"[:68], "why no frame was integrated")
+    add_history(h, history)
+    for key in ("image", "rejection_low", "rejection_high", "coverage"):
+        size = shape[-2:] if key == "coverage" else shape
+        with FitsWriter(outputs[key], size, h) as w:
+            w.write_rows(0, np.zeros(size, np.float32))
+    return {"frames": 0, "rejection": "none", "reference": None}
 
 
 def _photometric_scale(rows: list[dict], sky_scale: np.ndarray) -> np.ndarray:
