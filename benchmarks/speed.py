@@ -66,7 +66,7 @@ def run_astroflow(night: Path, out: Path, cores: int = 2) -> tuple[float, float]
     return timed(snakemake_cmd(night, out, cores, "-q"), ROOT)
 
 
-def run_siril_new(night: Path, work: Path) -> tuple[float, float]:
+def run_siril_new(night: Path, work: Path, filt: str = "L") -> tuple[float, float]:
     """Siril 1.4 on the same frames, laid out as siril_stack_new.sh expects."""
     shutil.rmtree(work, ignore_errors=True)
     data = work / "data"
@@ -77,7 +77,7 @@ def run_siril_new(night: Path, work: Path) -> tuple[float, float]:
     # Siril 1.4 runs in a chroot that sees only the folders it is told about
     binds = [p for p in os.environ.get("SIRIL_NEW_BINDS", "").split(":") if p]
     os.environ["SIRIL_NEW_BINDS"] = ":".join(dict.fromkeys([*binds, str(night), str(WORK.resolve())]))
-    return timed(["bash", str(SIRIL_NEW), str(data), "L", str(work / "run")], work)
+    return timed(["bash", str(SIRIL_NEW), str(data), filt, str(work / "run")], work)
 
 
 def job_table(out: Path) -> dict[str, list[tuple[float, float]]]:

@@ -73,23 +73,27 @@ def timed(cmd, cwd) -> tuple[float, float]:
     return wall, int(proc.stderr.strip().splitlines()[-1]) / 2**20
 
 
-def run_astroflow(night: Path, out: Path, *config: str) -> tuple[float, float]:
+def run_astroflow(night: Path, out: Path, *config: str, band: str = "L") -> tuple[float, float]:
     shutil.rmtree(out, ignore_errors=True)
     snakemake = str(Path(sys.executable).with_name("snakemake"))
     # the integration is what Siril's script makes too: finished images are not timed
-    stack = out / "NGC_7000/integration/Integration_L.fits"
+    stack = out / f"NGC_7000/integration/Integration_{band}.fits"
     cmd = [snakemake, str(stack), "--cores", "2", "--config", f"data={night}", f"out={out}", *config, "-q"]
     return timed(cmd, ROOT)
 
 
-def run_siril(night: Path, work: Path) -> tuple[float, float]:
+def run_siril(night: Path, work: Path, filt: str = "L", osc: bool = False) -> tuple[float, float]:
+    """Siril 1.0.6 on a night's ``filt`` lights (``osc``: calibrated as CFA and debayered)."""
     shutil.rmtree(work, ignore_errors=True)
-    for kind, src in (("bias", "bias"), ("darks", "darks"), ("flats", "flats/L"), ("lights", "lights/L")):
+    for kind, src in (("bias", "bias"), ("darks", "darks"), ("flats", f"flats/{filt}"), ("lights", f"lights/{filt}")):
         (work / kind).mkdir(parents=True)
         for i, f in enumerate(sorted((night / src).glob("*.fits")), 1):
             os.symlink(f, work / kind / f"{kind.rstrip('s')}_{i:04d}.fits")
     (work / "process").mkdir()
-    (work / "run.ssf").write_text(SIRIL_SCRIPT)
+    script = SIRIL_SCRIPT
+    if osc:
+        script = script.replace("-flat=pp_flat_stacked", "-flat=pp_flat_stacked -cfa -equalize_cfa -debayer")
+    (work / "run.ssf").write_text(script)
     return timed(["siril-cli", "-d", str(work), "-s", str(work / "run.ssf")], work)
 
 

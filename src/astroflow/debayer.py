@@ -4,9 +4,12 @@
 ``XBAYROFF``/``YBAYROFF`` and ``ROWORDER`` (see :func:`effective_pattern`). Output is
 ``(3, ny, nx)`` float32 R, G, B in the input's ADU scale.
 
-Methods: ``bilinear`` (exact normalised convolution, no clipping, any float data) and ``ea``
+Methods: ``bilinear`` (exact normalised convolution, no clipping, any float data), ``ea``
 (OpenCV's edge-aware demosaicing on a 16-bit copy scaled to the frame's range: sharper edges
-and fewer colour fringes around stars than bilinear; the 16-bit step is far below read noise).
+and fewer colour fringes around stars than bilinear; the 16-bit step is far below read noise)
+and ``mhc`` (Malvar, He & Cutler 2004, "High-quality linear interpolation for demosaicing of
+Bayer-patterned color images": bilinear corrected by the Laplacian of the colour that was
+measured at the pixel, four fixed 5×5 kernels; any float data).
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ def debayer(cfa: np.ndarray, pattern: str, method: str = "bilinear") -> np.ndarr
     """Demosaic a CFA image into ``(3, ny, nx)`` float32 RGB."""
     if method == "ea":
         return _edge_aware(cfa, pattern)
+    if method == "mhc":
+        return _malvar(cfa, pattern)
     if method != "bilinear":
-        raise ValueError(f"unknown debayer method {method!r}; use 'bilinear' or 'ea'")
+        raise ValueError(f"unknown debayer method {method!r}; use 'bilinear', 'ea' or 'mhc'")
     masks = channel_masks(pattern, cfa.shape)
     kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32)
     out = np.empty((3,) + cfa.shape, np.float32)
@@ -59,6 +64,46 @@ def debayer(cfa: np.ndarray, pattern: str, method: str = "bilinear") -> np.ndarr
         num = ndimage.convolve(data * m, kernel, mode="mirror")
         den = ndimage.convolve(m, kernel, mode="mirror")
         out[c] = np.where(masks[c], data, num / den)
+    return out
+
+
+# Malvar-He-Cutler kernels (×1/8): G at R/B sites; R (B) at G sites with R (B) left and right;
+# the same with R (B) above and below; R at B sites and B at R sites.
+_MHC = {
+    "g": [[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]],
+    "row": [[0, 0, 0.5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0], [0, 0, 0.5, 0, 0]],
+    "diag": [[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0], [0, 0, -1.5, 0, 0]],
+}
+
+
+def _malvar(cfa: np.ndarray, pattern: str) -> np.ndarray:
+    import cv2
+
+    data = np.ascontiguousarray(cfa, np.float32)
+    # mirrored borders keep the CFA phase (pixel -k is pixel k: same colour)
+    est = {
+        k: cv2.filter2D(data, cv2.CV_32F, np.array(v, np.float32) / 8, borderType=cv2.BORDER_REFLECT_101)
+        for k, v in _MHC.items()
+    }
+    est["col"] = cv2.filter2D(
+        data, cv2.CV_32F, np.array(_MHC["row"], np.float32).T / 8, borderType=cv2.BORDER_REFLECT_101
+    )
+    out = np.empty((3, *data.shape), np.float32)
+    cell = [pattern[0:2], pattern[2:4]]
+    for dy in (0, 1):
+        for dx in (0, 1):
+            site = cell[dy][dx]
+            sl = (slice(dy, None, 2), slice(dx, None, 2))
+            here = data[sl]
+            if site == "G":  # R or B beside it in its row, the other above and below
+                beside = cell[dy][1 - dx]
+                other = "B" if beside == "R" else "R"
+                chans = {"G": here, beside: est["row"][sl], other: est["col"][sl]}
+            else:
+                other = "B" if site == "R" else "R"
+                chans = {site: here, "G": est["g"][sl], other: est["diag"][sl]}
+            for c, name in enumerate("RGB"):
+                out[c][sl] = chans[name]
     return out
 
 

@@ -1,0 +1,167 @@
+"""Quality on nights unlike the benchmark night: astroflow vs Siril 1.0.6 and 1.4 over a grid.
+
+    python benchmarks/grid.py [--size 768x512] [--cells all|1,3,5]
+
+Each cell is a generated night (its own seed) varying the seeing (FWHM 2.2-4 px), the field
+rotation between frames (0-2°), the number of lights (8, 20, 50), mono or one-shot colour
+(RGGB) and uint16 or float32 data; every cell runs astroflow (to the integration), Siril 1.0.6
+(the script of reference/baselines.md, `-cfa -equalize_cfa -debayer` for colour) and Siril 1.4
+(``../shared/tools/siril_stack_new.sh``, when its chroot is installed), and scores the three
+stacks against the truth (colour stacks on the mean of their channels) with
+``astroflow.quality.score``: point-source noise (the error of a faint star's flux, in e- per
+frame: the same stars' SNR is inversely proportional to it), per-pixel-binned noise, FWHM,
+ellipticity, photometric scatter, faint-star completeness, flatness and the trail, cosmic-ray
+and hot-pixel residuals. A tool that cannot stack a cell is reported with its error. Writes
+``benchmarks/grid.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from speed import SIRIL_NEW, run_siril_new
+from vs_siril import TIE, WORK, _fmt, run_astroflow, run_siril
+
+from astroflow.io import read_image
+from astroflow.quality import score
+from astroflow.synth import NightSpec, load_truth, make_night
+
+# stars per megapixel: at the benchmark night's 480, Siril 1.0.6 finds too few stars to register
+# a 768×512 frame (it needs 6 matched pairs)
+DENSITY = 1500.0
+# (name, osc, frames, fwhm px, max rotation deg, dtype, seed)
+CELLS = [
+    ("mono-8-sharp", False, 8, 2.2, 0.0, "uint16", 11),
+    ("mono-20-rot1-float", False, 20, 3.0, 1.0, "float32", 12),
+    ("mono-20-soft-rot2", False, 20, 4.0, 2.0, "uint16", 13),
+    ("mono-50-rot2", False, 50, 2.6, 2.0, "uint16", 14),
+    ("osc-8", True, 8, 2.5, 0.5, "uint16", 15),
+    ("osc-20-rot2", True, 20, 3.5, 2.0, "uint16", 16),
+]
+# (label, score key, better): the fair metrics (per-pixel and binned noise reward smoothing
+# kernels, so point-source noise is the depth measure; baselines.md)
+METRICS = [
+    ("point-source noise (e-)", "point_noise", "lower"),
+    ("binned noise (e-)", "noise_e", "lower"),
+    ("FWHM (px)", "fwhm", "lower"),
+    ("ellipticity", "ellipticity", "lower"),
+    ("photometric scatter", "phot_scatter", "lower"),
+    ("faint-star completeness", "completeness", "higher"),
+    ("flatness", "flatness", "lower"),
+    ("trail residual", "trail_residual", "lower"),
+    ("cosmic residual", "cosmic_residual", "lower"),
+    ("hot residual", "hot_residual", "lower"),
+]
+
+
+def _why(exc: Exception) -> str:
+    """The telling line of a failed tool's output (Siril says why in its log lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().isdigit()]
+    telling = [ln for ln in lines if any(w in ln.lower() for w in ("fail", "error", "require", "not allow"))]
+    return (telling or lines or ["failed"])[-1][:160]
+
+
+def _mono(image):
+    return image.mean(axis=0) if image.ndim == 3 else image
+
+
+def run_cell(cell, size: tuple[int, int], have_new: bool) -> dict:
+    name, osc, frames, fwhm, rotation, dtype, seed = cell
+    night = WORK / f"grid_{name}"
+    if not (night / "truth/truth.json").exists():
+        spec = NightSpec(
+            osc=osc, frames=frames, width=size[0], height=size[1], seed=seed, dtype=dtype,
+            fwhm=fwhm, max_rotation_deg=rotation, stars_per_mpix=DENSITY,
+        )  # fmt: skip
+        make_night(night, spec)
+    truth = load_truth(night)
+    band = "RGB" if osc else "L"
+    if osc:  # the mean of the debayered channels holds the mean of each star's R, G and B flux
+        truth["stars"]["RGB"] = (truth["stars"]["R"] + truth["stars"]["G"] + truth["stars"]["B"]) / 3
+    results = {}
+    ours = WORK / "grid_astroflow"
+    try:
+        run_astroflow(night, ours, band=band)
+        results["astroflow"] = score(
+            _mono(read_image(ours / f"NGC_7000/integration/Integration_{band}.fits")[0]), truth, band
+        )
+    except RuntimeError as exc:
+        results["astroflow"] = _why(exc)
+    try:
+        run_siril(night, WORK / "grid_siril", band, osc)
+        results["Siril 1.0.6"] = score(_mono(read_image(WORK / "grid_siril/result.fit")[0]), truth, band)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        results["Siril 1.0.6"] = _why(exc)
+    if have_new:
+        try:
+            run_siril_new(night, WORK / "grid_siril14", band)
+            stack = WORK / f"grid_siril14/run/result_{band}.fit"
+            results["Siril 1.4"] = score(_mono(read_image(stack)[0]), truth, band)
+        except (RuntimeError, FileNotFoundError, ValueError) as exc:
+            results["Siril 1.4"] = _why(exc)
+    shutil.rmtree(ours, ignore_errors=True)
+    return results
+
+
+def verdict(ours: float, theirs: float, key: str, better: str) -> str:
+    tie = TIE.get(key, 0.0)
+    if abs(ours - theirs) <= max(tie, 0.02 * abs(theirs)):
+        return "tie"
+    return "lead" if (ours < theirs) == (better == "lower") else "behind"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1024x768")
+    ap.add_argument("--cells", default="all", help="comma-separated 1-based cell numbers, or all")
+    args = ap.parse_args()
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    cells = CELLS if args.cells == "all" else [CELLS[int(i) - 1] for i in args.cells.split(",")]
+    have_new = SIRIL_NEW.exists() and shutil.which("siril-cli-new") is not None
+    lines = [
+        "# Quality grid: astroflow vs Siril on nights unlike the benchmark night",
+        "",
+        f"Command: `python benchmarks/grid.py --size {args.size}` ({len(cells)} cells, {size[0]}×{size[1]}, "
+        f"{DENSITY:g} stars/MP, 5 bias/dark/flat each; colour stacks scored on the mean of their channels). Siril 1.4: "
+        + ("run." if have_new else "not installed here (../shared/tools/siril-new-up.sh), column absent."),
+        "A verdict compares astroflow with the better Siril: tie within 2 % (or the metric's noise floor).",
+        "",
+    ]
+    tally = {"lead": 0, "tie": 0, "behind": 0}
+    for cell in cells:
+        results = run_cell(cell, size, have_new)
+        name, osc, frames, fwhm, rot, dtype, _ = cell
+        tools = list(results)
+        lines += [
+            f"## {name}: {'OSC' if osc else 'mono'}, {frames} frames, FWHM {fwhm} px, rotation ≤ {rot}°, {dtype}",
+            "",
+            "| metric | " + " | ".join(tools) + " | astroflow vs best Siril |",
+            "|---|" + "---|" * (len(tools) + 1),
+        ]
+        failed = {t: r for t, r in results.items() if isinstance(r, str)}
+        for label, key, better in METRICS:
+            cells_txt = [_fmt(results[t][key], 4) if t not in failed else "–" for t in tools]
+            sirils = [results[t][key] for t in tools if t != "astroflow" and t not in failed]
+            v = ""
+            if "astroflow" not in failed and sirils:
+                best = min(sirils) if better == "lower" else max(sirils)
+                v = verdict(results["astroflow"][key], best, key, better)
+                tally[v] += 1
+            lines.append(f"| {label} ({better} better) | " + " | ".join(cells_txt) + f" | {v} |")
+        lines += [f"- {t} failed: {msg}" for t, msg in failed.items()]
+        lines.append("")
+        print(f"{name}: done", flush=True)
+    lines.insert(
+        5,
+        f"Over the grid: lead {tally['lead']}, tie {tally['tie']}, behind {tally['behind']} (cells × metrics).",
+    )
+    (Path(__file__).parent / "grid.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
