@@ -85,7 +85,12 @@ def run_astroflow(night: Path, out: Path, *config: str, band: str = "L") -> tupl
 def run_siril(night: Path, work: Path, filt: str = "L", osc: bool = False) -> tuple[float, float]:
     """Siril 1.0.6 on a night's ``filt`` lights (``osc``: calibrated as CFA and debayered)."""
     shutil.rmtree(work, ignore_errors=True)
-    for kind, src in (("bias", "bias"), ("darks", "darks"), ("flats", f"flats/{filt}"), ("lights", f"lights/{filt}")):
+    for kind, src in (
+        ("bias", "bias"),
+        ("darks", "darks"),
+        ("flats", f"flats/{filt}"),
+        ("lights", f"lights/{filt}"),
+    ):
         (work / kind).mkdir(parents=True)
         for i, f in enumerate(sorted((night / src).glob("*.fits")), 1):
             os.symlink(f, work / kind / f"{kind.rstrip('s')}_{i:04d}.fits")
