@@ -223,8 +223,9 @@ def write_report(args, rows, stage_rows, notes, have_new, have_old) -> None:
                 f"{name}: a denser field, {density:g} stars per megapixel (Siril registers none at 480)."
             )
     notes.append(
-        "Small nights are job start-ups: Snakemake's start and DAG take ~1.1 s, and each of the"
-        " four job levels (masters, calibrate, register, integrate) ~0.4 s of interpreter and"
+        "Small nights are job start-ups: Snakemake's start and DAG take ~1.5 s (0.5 s of it"
+        " importing Snakemake and its plugins), and each of the three job levels (masters,"
+        " calibrate, integrate: registration runs inside integrate) ~0.4 s of interpreter and"
         " imports, ~0.5 s more where numba loads its cached kernels (masters, integrate)."
     )
     lines += ["", *[f"- {n}" for n in notes], "", "Raw wall times (s):", ""]

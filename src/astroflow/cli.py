@@ -53,9 +53,10 @@ def _score(args) -> int:
 
 
 def _compile(args) -> int:
-    from .integrate import compile_kernels
+    from . import integrate, resample
 
-    compile_kernels()
+    integrate.compile_kernels()
+    resample.compile_kernels()
     print("astroflow: compiled kernels are cached")
     return 0
 

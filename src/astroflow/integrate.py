@@ -251,15 +251,23 @@ def _column(v, n_all, code, low, high, max_iter, table, r_max, state, s, sidx, d
             if removed[i] >= 0:
                 state[removed[i]] = 1 if below[i] else 2
         return
+    # sorted once with the values' frames: each iteration drops the rejected ones from the
+    # sorted list (still sorted), instead of sorting the kept values again
+    for k in range(n_all):
+        s[k] = v[k]
+        sidx[k] = k
+    _sort_with_index(s, sidx, n_all)
+    m = n_all
     for _ in range(max_iter):
-        m = 0
-        for k in range(n_all):
-            if state[k] == 0:
-                s[m] = v[k]
-                m += 1
+        kept = 0
+        for k in range(m):
+            if state[sidx[k]] == 0:
+                s[kept] = s[k]
+                sidx[kept] = sidx[k]
+                kept += 1
+        m = kept
         if m <= MIN_KEEP:
             return
-        _sort(s, m)  # values only: the tests below run over v, in frame order
         med = _median_sorted(s, m)
         changed = False
         if code == 2:  # line through the sorted values against their normal scores
@@ -310,9 +318,19 @@ def _column(v, n_all, code, low, high, max_iter, table, r_max, state, s, sidx, d
                         break
             else:  # sigma: leave-one-out deviation, never below 1.4826 * MAD
                 for k in range(m):
-                    dev[k] = abs(s[k] - med)
                     total += (s[k] - med) ** 2
-                _sort(dev, m)
+                # the deviations in order: a merge outward from the median of the sorted values
+                hi = 0
+                while hi < m and s[hi] < med:
+                    hi += 1
+                lo = hi - 1
+                for k in range(m):
+                    if hi >= m or (lo >= 0 and med - s[lo] <= s[hi] - med):
+                        dev[k] = med - s[lo]
+                        lo -= 1
+                    else:
+                        dev[k] = s[hi] - med
+                        hi += 1
                 mad = 1.4826 * _median_sorted(dev, m)
             for k in range(n_all):
                 if state[k] != 0:

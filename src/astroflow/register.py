@@ -232,7 +232,9 @@ def warp(
 ) -> np.ndarray:
     """Resample ``image`` (mono or (3, ny, nx)) onto the reference grid ``shape`` = (ny, nx).
 
-    ``lanczos4`` (OpenCV, default) keeps stars sharpest and pixel noise uncorrelated; ``cubic``
+    ``lanczos4`` (default; 8 taps, in two separable passes for the rotations of a night,
+    :mod:`astroflow.resample`, OpenCV's 2-D kernel beyond) keeps stars sharpest and pixel noise
+    uncorrelated; ``cubic``
     and ``linear`` smooth: lower noise, wider stars (on the benchmark night ``linear`` cuts the
     4×4-binned noise of a frame by ~8 % and widens stars by ~5 %). Clamping limits the result to
     the 3×3 neighbourhood's min/max of the source so dark rings do not appear around stars.
@@ -252,6 +254,8 @@ def _warp_plane(
     """One plane resampled onto ``shape`` (into ``out``, float32 C-contiguous, when given)."""
     import cv2
 
+    from . import resample as resample_lib
+
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {INTERPOLATIONS}")
     kernel = {"lanczos4": cv2.INTER_LANCZOS4, "cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR}
@@ -261,7 +265,12 @@ def _warp_plane(
         flags = interp | cv2.WARP_INVERSE_MAP
         return cv2.warpAffine(a, m, size, dst=dst, flags=flags, borderMode=cv2.BORDER_REFLECT)
 
-    out = resample(plane, kernel[interpolation], out)
+    if interpolation == "lanczos4" and resample_lib.suits(m):  # two 1-D passes: ~2x faster
+        if out is None:
+            out = np.empty(shape, np.float32)
+        resample_lib.lanczos_affine(plane, m, out)
+    else:
+        out = resample(plane, kernel[interpolation], out)
     if clamp:
         k = np.ones((3, 3), np.uint8)
         lo = resample(cv2.erode(plane, k), cv2.INTER_LINEAR)
