@@ -309,6 +309,35 @@ def test_kill_9_at_any_moment_loses_no_frame_and_counts_none_twice(live_night, t
     ).read_bytes()
 
 
+def test_a_kill_between_checkpoint_and_ledger_counts_no_frame_twice(live_night, tmp_path, monkeypatch):
+    """The one moment a kill -9 test rarely hits: the checkpoint holds a frame, the ledger does
+    not yet. The restart records the frame from the checkpoint instead of stacking it again."""
+    watch = calibration_only(live_night, tmp_path / "in")
+    for f in lights(live_night):
+        shutil.copy(f, watch)
+    out = tmp_path / "out"
+    first = Session(watch, out, live_cfg())
+    real = Ledger.record
+    lost = []
+
+    def killed_after_the_checkpoint(self, rows):
+        if any(r["status"] == "accepted" for r in rows) and not lost:
+            lost.extend(rows)  # the process died before these lines reached the disk
+            raise KeyboardInterrupt
+        real(self, rows)
+
+    monkeypatch.setattr(Ledger, "record", killed_after_the_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        drain(first)
+    monkeypatch.setattr(Ledger, "record", real)
+    assert lost and (out / STACK / "state.npz").exists()
+    second = Session(watch, out, live_cfg())
+    drain(second)
+    assert second.stacks[STACK].accepted == len(lights(live_night))
+    accepted = [r["file"] for r in Ledger(out / "ledger.tsv").rows.values() if r["status"] == "accepted"]
+    assert sorted(accepted) == sorted(p.name for p in lights(live_night))
+
+
 def test_server_serves_only_its_own_outputs(live_night, tmp_path):
     watch = calibration_only(live_night, tmp_path / "in")
     for f in lights(live_night)[:2]:

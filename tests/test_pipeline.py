@@ -81,6 +81,7 @@ def test_registered_lights_are_written_on_request(mono_run, tmp_path):
         return np.corrcoef(a[ok], stack[ok])[0, 1]
 
     assert image.shape == stack.shape and "registered to" in str(header["HISTORY"])
+    assert header["SSWEIGHT"] > 0
     assert corr(image) > 0.9 > corr(calibrated) + 0.2
     missing = subprocess.run(
         [exe, "registered", str(out / "NGC_7000"), "nope.fits"], capture_output=True, text=True

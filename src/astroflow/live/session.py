@@ -7,7 +7,8 @@ reference (too few stars, blurred, trailed: rejected with the reason), registere
 (:mod:`astroflow.register`), normalised and weighted as the pipeline's integration does, and
 added to the stack's :class:`~astroflow.live.running.RunningStack`. Then the stack's outputs
 are rewritten atomically in ``OUT/<stack>/``: ``stack.fits`` (linear), ``stack.jpg`` (AutoSTF),
-``frames.tsv``; then its checkpoint ``state.npz``; then the ledger (:mod:`.ledger`).
+``frames.tsv``; then its checkpoint ``state.npz`` (holding the ledger lines it waits for, which a
+restart records if a kill came between the two); then the ledger (:mod:`.ledger`).
 
 Stacks: lights of one INSTRUME, OBJECT, FILTER, EXPTIME and GAIN. A light pointing farther
 than ``pointing_jump`` degrees from its stack's reference, or ``new_stack_after`` consecutive
@@ -154,6 +155,8 @@ class Stack:
         meta = {
             "name": self.name, "key": self.key, "exposure": self.exposure, "accepted": self.accepted,
             "updated": self.updated, "rows": self.rows, "header": self.header.tostring(),
+            # its ledger lines, written after it: a kill between the two must not stack them again
+            "unledgered": self.unledgered,
             "ref": {k: self.ref[k] for k in ("pointing", "fwhm", "stars", "file", "loc", "scale", "weight", "shape", "warmup")},
         }  # fmt: skip
         arrays = {**self.running.state(), "ref_xy": self.ref["xy"], "ref_lum": self.ref["lum"]}
@@ -173,6 +176,7 @@ class Stack:
             stack.running.restore(z)
         stack.exposure, stack.accepted, stack.updated = meta["exposure"], meta["accepted"], meta["updated"]
         stack.rows = meta["rows"]
+        stack.unledgered = meta.get("unledgered", [])  # recorded by the session if still missing
         stack.header = fits.Header.fromstring(meta["header"])
         stack.version = stack.accepted  # its stack.jpg was written before the checkpoint
         return stack
@@ -222,6 +226,14 @@ class Session:
                 self._say("error", f"{state}: checkpoint unreadable ({exc}); its frames are stacked again")
                 continue
             self.stacks[stack.name] = stack
+            missing = [
+                r
+                for r in stack.unledgered
+                if Ledger.key(r["file"], int(r["bytes"]), int(r["mtime_ns"])) not in self.ledger
+            ]
+            if missing:  # killed between the checkpoint and its ledger lines
+                self.ledger.record(missing)
+            stack.unledgered = []
         done = {r["file"] for s in self.stacks.values() for r in s.rows}
         for row in self.ledger.rows.values():  # judged after the last checkpoint of their stack
             if row["stack"] in self.stacks and row["status"] == "rejected" and row["file"] not in done:

@@ -171,7 +171,7 @@ def registered_image(target_dir, light: str, registration: dict | None = None):
     """The registered light of a finished run whose data path ends with ``light``, resampled
     onto the reference grid as integration reads it (runs write no registered frames), from the
     transform frames.tsv records: returns the image, its header (the calibrated light's, with
-    the reference's WCS) and its frames.tsv row. ``registration`` holds the run's ``clamping``
+    the reference's WCS and the light's SSWEIGHT) and its frames.tsv row. ``registration`` holds the run's ``clamping``
     and ``interpolation`` (default: :func:`astroflow.register.warp`'s)."""
     from ..io import copy_wcs, read_header
     from ..register import parse_matrix, warp
@@ -191,4 +191,6 @@ def registered_image(target_dir, light: str, registration: dict | None = None):
     header["HISTORY"] = (
         f"registered to {Path(ref['path']).name} ({row['reg_method']}, {row['matches']} stars)"
     )
+    if row.get("ssweight") is not None:  # SubframeSelector's weight, as its output frames carry it
+        header["SSWEIGHT"] = (float(row["ssweight"]), "subframe weight (0: rejected by selection)")
     return image, copy_wcs(grid, header), row
