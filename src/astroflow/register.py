@@ -236,8 +236,10 @@ def warp(
     :mod:`astroflow.resample`, OpenCV's 2-D kernel beyond) keeps stars sharpest and pixel noise
     uncorrelated; ``cubic``
     and ``linear`` smooth: lower noise, wider stars (on the benchmark night ``linear`` cuts the
-    4×4-binned noise of a frame by ~8 % and widens stars by ~5 %). Clamping limits the result to
-    the 3×3 neighbourhood's min/max of the source so dark rings do not appear around stars.
+    4×4-binned noise of a frame by ~8 % and widens stars by ~5 %). Clamping keeps the result above
+    the 3×3 neighbourhood's minimum of the source, so dark rings do not appear around stars; the
+    peak the kernel reconstructs above the samples of a sharp star is kept (clamping it too cost
+    photometry: star-flux scatter 0.25 % against 0.20 % on the benchmark night).
     Pixels not fully covered by the frame are NaN.
     """
     m = np.asarray(matrix, np.float64)
@@ -274,8 +276,7 @@ def _warp_plane(
     if clamp:
         k = np.ones((3, 3), np.uint8)
         lo = resample(cv2.erode(plane, k), cv2.INTER_LINEAR)
-        hi = resample(cv2.dilate(plane, k), cv2.INTER_LINEAR)
-        np.clip(out, lo, hi, out=out)
+        np.maximum(out, lo, out=out)
     return out
 
 
