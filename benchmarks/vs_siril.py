@@ -82,6 +82,14 @@ def run_astroflow(night: Path, out: Path, *config: str, band: str = "L") -> tupl
     return timed(cmd, ROOT)
 
 
+def frames_table(night: Path, out: Path, *config: str) -> None:
+    """The run's frames.tsv (untimed: the transforms a registered single frame is made from)."""
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    target = str(out / "NGC_7000/frames.tsv")
+    cmd = [snakemake, target, "--cores", "2", "--config", f"data={night}", f"out={out}", *config, "-q"]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+
+
 def run_siril(night: Path, work: Path, filt: str = "L", osc: bool = False) -> tuple[float, float]:
     """Siril 1.0.6 on a night's ``filt`` lights (``osc``: calibrated as CFA and debayered)."""
     shutil.rmtree(work, ignore_errors=True)
@@ -148,6 +156,9 @@ def main() -> int:
     }
     for name, (_, option, _) in variants.items():
         run_astroflow(night, WORK / f"astroflow_{name}", option)
+    frames_table(night, WORK / "astroflow_out")
+    for name, (_, option, _) in variants.items():
+        frames_table(night, WORK / f"astroflow_{name}", option)
     ours = WORK / "astroflow_out" / "NGC_7000"
     stack_a = read_image(ours / "integration/Integration_L.fits")[0]
     stack_s = read_image(WORK / "siril/result.fit")[0]
@@ -155,9 +166,8 @@ def main() -> int:
     # ours is the registration reference); an unresampled reference would flatter its pipeline's gain
     ref_a = next(
         Path(row["path"]).name
-        for tsv in (ours / "registration").glob("*.tsv")
-        for row in read_tsv(tsv)
-        if row.get("reference")
+        for row in read_tsv(ours / "frames.tsv")
+        if row.get("reg_method") == "reference"
     )
     lights = sorted(p.name for p in (night / "lights/L").glob("*.fits"))
     k = next(i for i, name in enumerate(lights) if i > 0 and name != ref_a)

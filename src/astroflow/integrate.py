@@ -523,13 +523,17 @@ def norm_coefficients(norms: list[FrameNorm], ref: FrameNorm, mode: str, channel
     return gain, offset
 
 
-def band_rows(n_frames: int, width: int, memory_mb: float, readers: int = 1) -> int:
+READERS = 4  # threads reading (and resampling) the frames of a band at most
+
+
+def band_rows(n_frames: int, width: int, memory_mb: float) -> int:
     """Rows per band so the working set fits ``memory_mb``: per value a float32, its rejection
     state and growth flag (6 bytes, 7 with the read buffer); per pixel the band's image,
-    rejection maps, coverage and count (20 bytes) and, for each of the ``readers`` threads, the
-    planes a registered frame is resampled through (source rows, clamp bounds and their inputs:
-    24 bytes)."""
-    per_row = width * (n_frames * 7 + 20 + 24 * readers)
+    rejection maps, coverage and count (20 bytes) and, for each of up to :data:`READERS`
+    threads, the planes a registered frame is resampled through (source rows, clamp bound and
+    its input: 24 bytes). It does not depend on the job's threads: the bands, and so every
+    resampled pixel, are the same whatever ``--cores``."""
+    per_row = width * (n_frames * 7 + 20 + 24 * READERS)
     return max(1, min(8192, int(memory_mb * 2**20 / per_row)))
 
 
@@ -564,9 +568,8 @@ def integrate_bands(
     n = len(sources)
     weights = np.array([nm.weight for nm in norms], np.float64)
     coeffs = [norm_coefficients(norms, norms[reference], normalisation, c) for c in range(channels)]
-    workers = numba.get_num_threads()
-    rows = band_rows(n, nx, memory_mb, workers)
-    with ThreadPoolExecutor(workers) as pool:
+    rows = band_rows(n, nx, memory_mb)
+    with ThreadPoolExecutor(min(numba.get_num_threads(), READERS)) as pool:
         for y0 in range(0, ny, rows):
             y1 = min(ny, y0 + rows)
             ya, yb = max(0, y0 - grow), min(ny, y1 + grow)  # halo rows for the growth
