@@ -103,7 +103,7 @@ def test_effective_pattern(pattern, xoff, yoff, roworder, expected):
     assert effective_pattern(pattern, xoff, yoff, roworder, height=100) == expected
 
 
-@pytest.mark.parametrize("method", ["bilinear", "ea", "mhc"])
+@pytest.mark.parametrize("method", ["bilinear", "ea", "mhc", "rcd"])
 @pytest.mark.parametrize("pattern", ["RGGB", "BGGR", "GRBG", "GBRG"])
 def test_debayer_recovers_smooth_colour(pattern, method):
     yy, xx = np.mgrid[0:40, 0:40]

@@ -53,10 +53,11 @@ def _score(args) -> int:
 
 
 def _compile(args) -> int:
-    from . import integrate, resample
+    from . import debayer, integrate, resample
 
     integrate.compile_kernels()
     resample.compile_kernels()
+    debayer.compile_kernels()
     print("astroflow: compiled kernels are cached")
     return 0
 
