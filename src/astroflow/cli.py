@@ -79,7 +79,7 @@ def _registered(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for light in args.lights or [r["path"] for r in rows if r.get("reg_method")]:
         try:
-            image, header, row = registered_image(target, light, options)
+            image, header, row = registered_image(target, light, options, rows)
         except FileNotFoundError as exc:
             print(f"astroflow registered: {exc}", file=sys.stderr)
             return 2

@@ -167,27 +167,32 @@ def registered_rows(path, row: dict, shape: tuple[int, int], cfg: dict):
     return WarpedRows(FitsRows(path), parse_matrix(row["matrix"]), shape, rc["clamping"], rc["interpolation"])
 
 
-def registered_image(target_dir, light: str, registration: dict | None = None):
+def registered_image(
+    target_dir, light: str, registration: dict | None = None, rows: list[dict] | None = None
+):
     """The registered light of a finished run whose data path ends with ``light``, resampled
-    onto the reference grid as integration reads it (runs write no registered frames), from the
-    transform frames.tsv records: returns the image, its header (the calibrated light's, with
-    the reference's WCS and the light's SSWEIGHT) and its frames.tsv row. ``registration`` holds the run's ``clamping``
-    and ``interpolation`` (default: :func:`astroflow.register.warp`'s)."""
+    onto the reference grid as integration reads it (:func:`registered_rows`; runs write no
+    registered frames), from the transform frames.tsv records: returns the image, its header
+    (the calibrated light's, with the reference's WCS and the light's SSWEIGHT) and its
+    frames.tsv row. ``registration`` holds the run's ``clamping`` and ``interpolation`` (default:
+    the schema's); ``rows`` are the run's frames.tsv rows, when the caller has read them."""
     from ..io import copy_wcs, read_header
-    from ..register import parse_matrix, warp
+    from ..options import with_defaults
     from ..tables import read_tsv
 
     target_dir = Path(target_dir)
-    rows = read_tsv(target_dir / "frames.tsv") if (target_dir / "frames.tsv").exists() else []
+    if rows is None:
+        rows = read_tsv(target_dir / "frames.tsv") if (target_dir / "frames.tsv").exists() else []
     row = next((r for r in rows if r["path"].endswith(light) and r.get("reg_method")), None)
     ref = next((r for r in rows if r.get("reg_method") == "reference"), None)
     if row is None or ref is None:
         raise FileNotFoundError(f"{target_dir}: no registered light {light!r} (see frames.tsv)")
     grid = read_header(target_dir / "calibrated" / ref["chunk"] / ref["calibrated"])
-    img, header, _ = read_image(target_dir / "calibrated" / row["chunk"] / row["calibrated"])
-    rc = registration or {}
-    options = {"clamp": rc.get("clamping", True), "interpolation": rc.get("interpolation", "lanczos4")}
-    image = warp(img, parse_matrix(row["matrix"]), (grid["NAXIS2"], grid["NAXIS1"]), **options)
+    path = target_dir / "calibrated" / row["chunk"] / row["calibrated"]
+    header = read_header(path)
+    cfg = with_defaults({"registration": registration or {}})
+    src = registered_rows(path, row, (grid["NAXIS2"], grid["NAXIS1"]), cfg)
+    image = src[:] if len(src.shape) == 2 else np.stack([src[c, :] for c in range(src.shape[0])])
     header["HISTORY"] = (
         f"registered to {Path(ref['path']).name} ({row['reg_method']}, {row['matches']} stars)"
     )
