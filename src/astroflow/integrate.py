@@ -184,6 +184,42 @@ def _sort(s, m):
 
 
 @numba.njit(cache=True, nogil=True)
+def _median(s, m):
+    """Median of ``s[:m]``, reordering them: insertion sort for a few values, Hoare's selection
+    (O(m) where a sort is O(m log m)) for many."""
+    if m <= 48:
+        _sort(s, m)
+        return _median_sorted(s, m)
+    k = m // 2
+    lo, hi = 0, m - 1
+    while lo < hi:  # s[k] becomes the k-th smallest, smaller values before it, larger after
+        a, b, c = s[lo], s[(lo + hi) // 2], s[hi]
+        pivot = max(min(a, b), min(max(a, b), c))  # median of three
+        i, j = lo, hi
+        while i <= j:
+            while s[i] < pivot:
+                i += 1
+            while s[j] > pivot:
+                j -= 1
+            if i <= j:
+                s[i], s[j] = s[j], s[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    if m % 2:
+        return s[k]
+    below = s[0]  # the largest value before position k
+    for i in range(1, k):
+        below = max(below, s[i])
+    return 0.5 * (below + s[k])
+
+
+@numba.njit(cache=True, nogil=True)
 def _median_sorted(s, n):
     h = n // 2
     return s[h] if n % 2 else 0.5 * (s[h - 1] + s[h])
@@ -478,12 +514,10 @@ def _grow_high(x, state, radius, k):
                     m += 1
             if m == 0:
                 continue
-            _sort(vals, m)
-            med = _median_sorted(vals, m)
+            med = _median(vals, m)
             for i in range(m):
                 vals[i] = abs(vals[i] - med)
-            _sort(vals, m)
-            limit = med + k * 1.4826 * _median_sorted(vals, m)
+            limit = med + k * 1.4826 * _median(vals, m)
             for i in range(n):
                 if near[i] and x[i, y, xx] > limit:
                     # 3 until every column is judged: the neighbours grow from the test's

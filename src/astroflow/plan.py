@@ -48,7 +48,8 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _compatible(cal: pd.Series, light: pd.Series, keys) -> bool:
+def _compatible(cal, light, keys) -> bool:
+    """``cal`` and ``light`` (rows: dicts or Series) agree on every one of ``keys`` (:func:`_same`)."""
     return all(_same(cal[k], light[k]) for k in keys)
 
 
@@ -202,12 +203,14 @@ def _plan_lights(table: pd.DataFrame, tlights: pd.DataFrame, rel: dict, cfg: dic
         "osc": osc,
         "external": {},  # filter -> a stack made elsewhere (build_plan)
     }
-    for idx, names in masters["per_light"].items():
-        for kind, name in names.items():
-            table.loc[idx, kind] = name
-        notes = masters["notes"].get(idx)
-        if notes:
-            table.loc[idx, "notes"] = "; ".join(notes)
+    # column by column: a cell assignment per light costs 0.2 ms, a third of a second at 1000
+    per_light = masters["per_light"]
+    for kind in sorted({k for names in per_light.values() for k in names}):
+        which = [i for i in per_light if kind in per_light[i]]
+        table.loc[which, kind] = [per_light[i][kind] for i in which]
+    noted = [i for i in per_light if masters["notes"].get(i)]
+    if noted:
+        table.loc[noted, "notes"] = ["; ".join(masters["notes"][i]) for i in noted]
     by_path = table.set_index("path")
     for chunk in chunks.values():
         for row in chunk:
@@ -353,7 +356,7 @@ _NAME_PARTS = {
 }
 
 
-def _nearest(sets: list[dict], light: pd.Series, extra=None):
+def _nearest(sets: list[dict], light, extra=None):
     """The set closest in time to ``light`` (ties: the first; ``extra`` ranks before time)."""
     if not sets:
         return None
@@ -381,7 +384,7 @@ def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict, cfa: bo
 
     def entries(found, names, **extra):
         return [
-            {"name": n, "frames": f, "first": f.iloc[0], "hours": f["hours"].median(),
+            {"name": n, "frames": f, "first": f.iloc[0].to_dict(), "hours": f["hours"].median(),
              "temperature": f["temperature"].median(), "exptime": float(f["exptime"].iloc[0] or 0), **extra}
             for n, f in zip(names, found, strict=True)
         ]  # fmt: skip
@@ -436,7 +439,7 @@ def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict, cfa: bo
         return pd.isna(t) or pd.isna(lt) or abs(t - lt) <= tol
 
     scaled_darks: dict[str, dict] = {}  # name -> the bias it is made with
-    for idx, light in tlights.iterrows():
+    for idx, light in tlights.to_dict("index").items():  # dicts: a Series lookup costs 5 µs
         choice = per_light[idx]
         bias = bias_for(light)
         camera = [d for d in darks if _compatible(d["first"], light, CAMERA_KEYS)]

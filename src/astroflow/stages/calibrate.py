@@ -70,6 +70,10 @@ def calibrate_frame(raw, header, exptime: float, masters: Masters, cfg: dict, ba
     for m in masters.defects:
         if m is not None:
             np.maximum(bad, m, out=bad)
+    invalid = ~np.isfinite(img)  # unlit flat pixels (calibrate_light), NaN in the raw frame
+    if invalid.any():  # repaired with the defects; the median until then, for every measurement
+        bad[invalid & (bad == 0)] = cosmetic.COLD
+        img[invalid] = np.median(measure.finite_sample(img))
     noise = measure.noise_sigma(img)  # defects are clipped out of it: valid after repair too
     if not noise > 0:  # nothing to weight it by, nothing to detect against
         level = float(np.nanmedian(img))
