@@ -52,24 +52,62 @@ def _reflect(i, n):
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _rows_pass(src, a, b, c, d, e, f, nx_out, table):
-    """Pass 1 over the source rows ``s``: ``T[s, x] = S(u_s(x), s)``."""
+    """Pass 1 over the source rows ``s``: ``T[s, x] = S(u_s(x), s)``.
+
+    Along a row ``u_s(x) = alpha x + beta_s``, so ``g = u - x`` drifts by ``alpha - 1`` a
+    column (~1e-5 for a night's rotations and scales, 0 for shifts): columns come in runs of one
+    first tap ``floor(g)`` and one weight row (``frac(g)`` in 1/``STEPS`` px), and a run is a
+    1-D convolution with fixed weights, contiguous in ``x``: SIMD code, 2x faster than a weight
+    row per column. Where runs are short (a scale or a rotation of degrees, a meridian flip),
+    each column is its own run.
+    """
     rows, width = src.shape
     out = np.empty((rows, nx_out), np.float32)
+    alpha = a - b * d / e
+    drift = alpha - 1.0
+    runs = abs(drift) * STEPS * RUN <= 1
     for s in range(rows):
-        for x in range(nx_out):
-            y = (s - d * x - f) / e  # the output row where column x meets source row s
-            u = a * x + b * y + c
-            iu = int(np.floor(u))
-            k = int((u - iu) * STEPS + 0.5)
-            acc = np.float32(0.0)
-            i0 = iu - (A - 1)
-            if i0 >= 0 and i0 + 2 * A <= width:  # inside: no mirrored taps
-                for t in range(2 * A):
-                    acc += table[k, t] * src[s, i0 + t]
+        beta = b * (s - f) / e + c
+        x = 0
+        while x < nx_out:
+            g = alpha * x + beta - x
+            first = int(np.floor(g))
+            k = int((g - first) * STEPS + 0.5)
+            x1 = x + 1
+            if runs:  # columns until g leaves the bin of this weight row (or this first tap)
+                if drift > 0:
+                    n = int((min(first + (k + 0.5) / STEPS, first + 1.0) - g) / drift) + 1
+                elif drift < 0:
+                    n = int((g - max(first + (k - 0.5) / STEPS, float(first))) / -drift) + 1
+                else:
+                    n = nx_out
+                x1 = min(nx_out, x + max(n, 1))
+            lo = x + first - (A - 1)  # first tap of the run's first column
+            inner = min(x1, width - first - A)  # the run's columns with every tap in the row
+            if lo >= 0 and inner - x >= RUN:
+                x1 = inner
+                seg = out[s, x:x1]  # slices: indices numba knows are in range, so it vectorises
+                w = table[k, 0]
+                taps = src[s, lo : lo + x1 - x]
+                for i in range(x1 - x):
+                    seg[i] = w * taps[i]
+                for t in range(1, 2 * A):
+                    w = table[k, t]
+                    taps = src[s, lo + t : lo + t + x1 - x]
+                    for i in range(x1 - x):
+                        seg[i] += w * taps[i]
             else:
-                for t in range(2 * A):
-                    acc += table[k, t] * src[s, _reflect(i0 + t, width)]
-            out[s, x] = acc
+                for xx in range(x, x1):
+                    i0 = lo + xx - x
+                    acc = np.float32(0.0)
+                    if i0 >= 0 and i0 + 2 * A <= width:  # inside: no mirrored taps
+                        for t in range(2 * A):
+                            acc += table[k, t] * src[s, i0 + t]
+                    else:
+                        for t in range(2 * A):
+                            acc += table[k, t] * src[s, _reflect(i0 + t, width)]
+                    out[s, xx] = acc
+            x = x1
     return out
 
 
@@ -93,6 +131,8 @@ def _columns_pass(tmp, d, e, f, out, table):
                     acc += table[k, t] * tmp[_reflect(i0 + t, rows), x]
             out[y, x] = acc
 
+
+RUN = 16  # columns of one weight row below which pass 1 goes column by column
 
 MAX_SHEAR = 0.45  # |tan| of the rotation the two passes take (24°); beyond, the 2-D kernel
 
