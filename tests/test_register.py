@@ -80,7 +80,9 @@ def test_band_by_band_resampling_is_the_whole_frame_warp(tmp_path):
     assert np.nanmax(bands) == np.nanmax(whole)
 
 
-@pytest.mark.parametrize("rotation, scale", [(0.0, 1.0), (0.3, 1.0), (-0.45, 1.00001), (2.0, 1.001), (179.7, 1.0)])
+@pytest.mark.parametrize(
+    "rotation, scale", [(0.0, 1.0), (0.3, 1.0), (-0.45, 1.00001), (2.0, 1.001), (179.7, 1.0)]
+)
 def test_two_pass_lanczos_reproduces_a_smooth_image(rotation, scale):
     """The separable passes (long runs of one weight row for a night's small rotations, a
     weight row per column for strong scales and flips) reproduce a smooth image at its
