@@ -52,9 +52,9 @@ METRICS = [
     ("photometric scatter", "phot_scatter", "lower"),
     ("faint-star completeness", "completeness", "higher"),
     ("flatness", "flatness", "lower"),
-    ("trail residual", "trail_residual", "lower"),
-    ("cosmic residual", "cosmic_residual", "lower"),
-    ("hot residual", "hot_residual", "lower"),
+    ("trail residual", "trail_residual", "|lower|"),
+    ("cosmic residual", "cosmic_residual", "|lower|"),
+    ("hot residual", "hot_residual", "|lower|"),
 ]
 
 
@@ -108,10 +108,13 @@ def run_cell(cell, size: tuple[int, int], have_new: bool) -> dict:
 
 
 def verdict(ours: float, theirs: float, key: str, better: str) -> str:
+    """``better``: "lower", "higher" or "|lower|" (a residual: closer to 0, either sign)."""
+    if better == "|lower|":
+        ours, theirs = abs(ours), abs(theirs)
     tie = TIE.get(key, 0.0)
     if abs(ours - theirs) <= max(tie, 0.02 * abs(theirs)):
         return "tie"
-    return "lead" if (ours < theirs) == (better == "lower") else "behind"
+    return "lead" if (ours < theirs) == (better != "higher") else "behind"
 
 
 def main() -> int:
@@ -149,7 +152,11 @@ def main() -> int:
             sirils = [results[t][key] for t in tools if t != "astroflow" and t not in failed]
             v = ""
             if "astroflow" not in failed and sirils and key not in UNFAIR:
-                best = min(sirils) if better == "lower" else max(sirils)
+                best = (
+                    max(sirils)
+                    if better == "higher"
+                    else min(sirils, key=abs if better == "|lower|" else None)
+                )
                 v = verdict(results["astroflow"][key], best, key, better)
                 tally[v] += 1
             lines.append(f"| {label} ({better} better) | " + " | ".join(cells_txt) + f" | {v} |")

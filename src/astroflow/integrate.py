@@ -465,7 +465,7 @@ def _normalise_inplace(x, gain, offset):
 
 
 @numba.njit(cache=True, parallel=True)
-def _grow_high(x, state, radius, k):
+def _grow_high(x, state, radius, k, seed):
     """Extend high rejections to their faint surroundings (PixInsight's "clip high growth"), in
     place on the ``state`` of a ``(N, rows, nx)`` band.
 
@@ -473,7 +473,10 @@ def _grow_high(x, state, radius, k):
     wing pixel adds a fraction of its excess to the stack, a faint line or dot along the
     rejected core. Pixels of the same frame within ``radius`` px of a high rejection are
     rejected too when they exceed their column's median by ``k`` × 1.4826 MAD (high
-    rejections left out of both).
+    rejections left out of both), and that rejection is more than ``seed`` such deviations
+    above it: a noise spike that barely passed the high clip seeds nothing (resampled noise is
+    correlated between neighbours, so its neighbours are high too: growing from it clips the
+    noise's upper tail, deepening nothing and biasing faint stars low).
     """
     n, ny, nx = x.shape
     # high rejections are few: find the pixels with one in their column, then the pixels with
@@ -517,9 +520,15 @@ def _grow_high(x, state, radius, k):
             med = _median(vals, m)
             for i in range(m):
                 vals[i] = abs(vals[i] - med)
-            limit = med + k * 1.4826 * _median(vals, m)
+            sd = 1.4826 * _median(vals, m)
             for i in range(n):
-                if near[i] and x[i, y, xx] > limit:
+                if near[i] and x[i, y, xx] > med + k * sd:
+                    strong = False
+                    for yy in range(ya, yb):
+                        for xq in range(xa, xb):
+                            strong |= state[i, yy, xq] == 2 and x[i, yy, xq] > med + seed * sd
+                    if not strong:
+                        continue
                     # 3 until every column is judged: the neighbours grow from the test's
                     # rejections (2), not from each other's growth (each column writes only
                     # its own values, and 0 or 3 both read as "not 2")
@@ -636,6 +645,7 @@ def integrate_bands(
     combine: str = "average",
     grow: int = 0,
     grow_sigma: float = 2.0,
+    grow_seed: float = 0.0,
 ):
     """Integrate frames band by band; yields ``(y0, y1, image, rej_low, rej_high, coverage)``.
 
@@ -644,9 +654,9 @@ def integrate_bands(
     which is what bounds memory by ``memory_mb`` and not by the number of frames). Each band's
     image and rejection maps are ``(C, rows, nx)`` float32, coverage ``(rows, nx)``.
 
-    ``grow`` > 0 extends every high rejection to the pixels within ``grow`` px of it in the same
-    frame that lie more than ``grow_sigma`` robust deviations above their column's median
-    (see :func:`_grow_high`). Bands are read with ``grow`` extra rows on each side for it.
+    ``grow`` > 0 extends every high rejection more than ``grow_seed`` robust deviations above
+    its neighbours' column medians to the pixels within ``grow`` px of it in the same frame that
+    lie more than ``grow_sigma`` above theirs (see :func:`_grow_high`). Bands are read with ``grow`` extra rows on each side for it.
     """
     shape = sources[0].shape
     mono = len(shape) == 2
@@ -671,7 +681,13 @@ def integrate_bands(
                 _normalise_inplace(band, *coeffs[c])
                 state = reject_state(band, rejection, low, high)
                 if grow > 0 and (state == 2).any():
-                    _grow_high(band.reshape(n, yb - ya, nx), state.reshape(n, yb - ya, nx), grow, grow_sigma)
+                    _grow_high(
+                        band.reshape(n, yb - ya, nx),
+                        state.reshape(n, yb - ya, nx),
+                        grow,
+                        grow_sigma,
+                        grow_seed,
+                    )
                 valid = np.empty((y1 - y0) * nx, np.int32)
                 _combine_columns(
                     band,

@@ -70,6 +70,7 @@ STAGES: dict[str, Stage] = {
             "integration.combination",
             "integration.grow",
             "integration.grow_sigma",
+            "integration.grow_seed",
         ),
         _LIGHTS,
     ),

@@ -115,6 +115,7 @@ def integrate(
         combine=ic["combination"],
         grow=ic["grow"] if n >= 3 else 0,
         grow_sigma=ic["grow_sigma"],
+        grow_seed=ic["grow_seed"],
     )
     # the four maps are written band by band as they are made: memory stays at one band
     with (
