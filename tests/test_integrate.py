@@ -122,6 +122,21 @@ def test_growth_rejects_trail_wings_and_leaves_clean_pixels():
     assert grown[2][4, 40:].mean() < 0.02  # far from the trail, almost nothing more is rejected
 
 
+def test_growth_takes_the_resampling_ring_around_a_cosmic_ray():
+    """Resampled, a cosmic-ray hit rings: its neighbours dip below the sky in the same frame.
+    They are within the low clip, but next to a strong high rejection they are rejected too."""
+    rng = np.random.default_rng(9)
+    frames = [rng.normal(100, 5, (40, 40)).astype(np.float32) for _ in range(10)]
+    frames[3][20, 20] = 2000.0  # the hit
+    frames[3][20, 21] = 88.0  # its ring: 2.4 sigma low
+    norms = [FrameNorm(np.array([100.0]), np.array([5.0]), 1.0) for _ in range(10)]
+    options = dict(memory_mb=0.05, grow=1, grow_sigma=2.0, grow_seed=6.0)
+    plain = integrate(frames, norms, "sigma", 4.0, 3.0, memory_mb=0.05)
+    grown = integrate(frames, norms, "sigma", 4.0, 3.0, **options)
+    assert plain[1][20, 21] == 0 and grown[1][20, 21] + grown[2][20, 21] == pytest.approx(0.1)
+    assert grown[2][20, 20] == pytest.approx(0.1)  # the hit itself, as before
+
+
 def test_growth_does_not_clip_the_upper_tail_of_correlated_noise():
     """Resampled noise is correlated between neighbours: growing from every high rejection also
     rejects the high neighbours of noise spikes that barely passed the clip, a one-sided cut

@@ -471,10 +471,10 @@ def _grow_high(x, state, radius, k, seed):
 
     A satellite trail or cosmic-ray hit has wings below any per-pixel threshold: each kept
     wing pixel adds a fraction of its excess to the stack, a faint line or dot along the
-    rejected core. Pixels of the same frame within ``radius`` px of a high rejection are
-    rejected too when they exceed their column's median by ``k`` × 1.4826 MAD (high
-    rejections left out of both), and that rejection is more than ``seed`` such deviations
-    above it: a noise spike that barely passed the high clip seeds nothing (resampled noise is
+    rejected core, and resampling rings around it (Lanczos lobes on both sides). Pixels of the
+    same frame within ``radius`` px of a high rejection are rejected too when they deviate from
+    their column's median by more than ``k`` × 1.4826 MAD either way (high rejections left out
+    of both), and that rejection is more than ``seed`` such deviations above it: a noise spike that barely passed the high clip seeds nothing (resampled noise is
     correlated between neighbours, so its neighbours are high too: growing from it clips the
     noise's upper tail, deepening nothing and biasing faint stars low).
     """
@@ -522,7 +522,7 @@ def _grow_high(x, state, radius, k, seed):
                 vals[i] = abs(vals[i] - med)
             sd = 1.4826 * _median(vals, m)
             for i in range(n):
-                if near[i] and x[i, y, xx] > med + k * sd:
+                if near[i] and abs(x[i, y, xx] - med) > k * sd:
                     strong = False
                     for yy in range(ya, yb):
                         for xq in range(xa, xb):
@@ -656,7 +656,7 @@ def integrate_bands(
 
     ``grow`` > 0 extends every high rejection more than ``grow_seed`` robust deviations above
     its neighbours' column medians to the pixels within ``grow`` px of it in the same frame that
-    lie more than ``grow_sigma`` above theirs (see :func:`_grow_high`). Bands are read with ``grow`` extra rows on each side for it.
+    deviate by more than ``grow_sigma`` from theirs (see :func:`_grow_high`). Bands are read with ``grow`` extra rows on each side for it.
     """
     shape = sources[0].shape
     mono = len(shape) == 2
