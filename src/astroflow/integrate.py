@@ -474,9 +474,10 @@ def _grow_high(x, state, radius, k, seed):
     rejected core, and resampling rings around it (Lanczos lobes on both sides). Pixels of the
     same frame within ``radius`` px of a high rejection are rejected too when they deviate from
     their column's median by more than ``k`` × 1.4826 MAD either way (high rejections left out
-    of both), and that rejection is more than ``seed`` such deviations above it: a noise spike that barely passed the high clip seeds nothing (resampled noise is
-    correlated between neighbours, so its neighbours are high too: growing from it clips the
-    noise's upper tail, deepening nothing and biasing faint stars low).
+    of both), and that rejection is more than ``seed`` such deviations above it: a noise spike
+    that barely passed the high clip seeds nothing (resampled noise is correlated between
+    neighbours, so its neighbours are high too: growing from it clips the noise's upper tail,
+    deepening nothing and biasing faint stars low).
     """
     n, ny, nx = x.shape
     # high rejections are few: find the pixels with one in their column, then the pixels with
@@ -490,7 +491,6 @@ def _grow_high(x, state, radius, k, seed):
                 row[xx] |= src[xx] >> 1
     for y in numba.prange(ny):
         vals = np.empty(n, np.float64)
-        near = np.empty(n, np.bool_)
         ya, yb = max(0, y - radius), min(ny, y + radius + 1)
         for xx in range(nx):
             xa, xb = max(0, xx - radius), min(nx, xx + radius + 1)
@@ -499,16 +499,6 @@ def _grow_high(x, state, radius, k, seed):
                 for xq in range(xa, xb):
                     close |= high[yy, xq]
             if close == 0:
-                continue
-            any_near = False
-            for i in range(n):
-                near[i] = False
-                if state[i, y, xx] == 0 and np.isfinite(x[i, y, xx]):
-                    for yy in range(ya, yb):
-                        for xq in range(xa, xb):
-                            near[i] |= state[i, yy, xq] == 2
-                    any_near |= near[i]
-            if not any_near:
                 continue
             m = 0
             for i in range(n):  # outliers must not set the scale: high rejections are left out
@@ -522,13 +512,13 @@ def _grow_high(x, state, radius, k, seed):
                 vals[i] = abs(vals[i] - med)
             sd = 1.4826 * _median(vals, m)
             for i in range(n):
-                if near[i] and abs(x[i, y, xx] - med) > k * sd:
-                    strong = False
-                    for yy in range(ya, yb):
-                        for xq in range(xa, xb):
-                            strong |= state[i, yy, xq] == 2 and x[i, yy, xq] > med + seed * sd
-                    if not strong:
-                        continue
+                if state[i, y, xx] != 0 or not abs(x[i, y, xx] - med) > k * sd:
+                    continue
+                strong = False  # a high rejection of this frame, strong enough to seed, nearby
+                for yy in range(ya, yb):
+                    for xq in range(xa, xb):
+                        strong |= state[i, yy, xq] == 2 and x[i, yy, xq] > med + seed * sd
+                if strong:
                     # 3 until every column is judged: the neighbours grow from the test's
                     # rejections (2), not from each other's growth (each column writes only
                     # its own values, and 0 or 3 both read as "not 2")

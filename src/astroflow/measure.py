@@ -22,16 +22,20 @@ def finite_sample(values: np.ndarray, size: int = 1_000_000) -> np.ndarray:
     return v[np.isfinite(v)]
 
 
+def fill_value(image: np.ndarray) -> float:
+    """What NaN/inf pixels of ``image`` stand in as until repaired: the median of its
+    :func:`finite_sample` (0 when nothing is finite)."""
+    sample = finite_sample(image)
+    return float(np.median(sample)) if sample.size else 0.0
+
+
 def finite_or_median(image: np.ndarray, fill: float | None = None) -> np.ndarray:
-    """``image`` as float32 with NaN/inf replaced by ``fill``, by default its median (of
-    :func:`finite_sample`); no copy when all are finite."""
+    """``image`` as float32 with NaN/inf replaced by ``fill``, by default :func:`fill_value`;
+    no copy when all are finite."""
     img = np.asarray(image, np.float32)
     if np.isfinite(img.sum()):  # a sum is one fast pass; NaN or inf anywhere makes it non-finite
         return img
-    if fill is None:
-        sample = finite_sample(img)
-        fill = float(np.median(sample)) if sample.size else 0.0
-    return np.where(np.isfinite(img), img, np.float32(fill))
+    return np.where(np.isfinite(img), img, np.float32(fill_value(img) if fill is None else fill))
 
 
 def noise_sigma(image: np.ndarray, clip: float = 3.0, iterations: int = 5) -> float:
@@ -49,10 +53,8 @@ def noise_sigma(image: np.ndarray, clip: float = 3.0, iterations: int = 5) -> fl
     # large frames: bands of 64 rows spread over the frame, a quarter of it (plus 2 halo rows
     # each for the 5×5 kernel) are the sample; the statistics need ~1 M pixels, not 26 M
     bands = [(0, h)] if img.size <= 4_000_000 else [(y, min(h, y + 64)) for y in range(0, h, 256)]
-    fill = None  # one median of the frame for the NaNs of every band, not one per band
-    if len(bands) > 1 and not np.isfinite(img.sum()):
-        sample = finite_sample(img)
-        fill = float(np.median(sample)) if sample.size else 0.0
+    # one fill of the frame for the NaNs of every band, not one per band
+    fill = fill_value(img) if len(bands) > 1 and not np.isfinite(img.sum()) else None
     w1 = []
     for y0, y1 in bands:
         ya, yb = max(0, y0 - 2), min(h, y1 + 2)

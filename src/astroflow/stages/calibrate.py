@@ -70,19 +70,19 @@ def calibrate_frame(raw, header, exptime: float, masters: Masters, cfg: dict, ba
     for m in masters.defects:
         if m is not None:
             np.maximum(bad, m, out=bad)
-    invalid = ~np.isfinite(img)  # unlit flat pixels (calibrate_light), NaN in the raw frame
-    if invalid.any():  # repaired with the defects; the median until then, for every measurement
-        bad[invalid & (bad == 0)] = cosmetic.COLD
-        img[invalid] = np.median(measure.finite_sample(img))
+    # unlit flat pixels (calibrate_light), NaN in the raw frame: always repaired, with the
+    # defects; until then the frame's fill value, so no measurement fills them again
+    invalid = np.where(np.isfinite(img), 0, cosmetic.COLD).astype(np.uint8)
+    if invalid.any():
+        np.maximum(bad, invalid, out=bad)
+        img[invalid != 0] = measure.fill_value(img)
     noise = measure.noise_sigma(img)  # defects are clipped out of it: valid after repair too
     if not noise > 0:  # nothing to weight it by, nothing to detect against
         level = float(np.nanmedian(img))
         raise FrameError(f"no noise: the image is flat at {level:g} ADU (blank, saturated or synthetic?)")
     if cc["enabled"] and cc["auto_detect"]:
         bad |= cosmetic.isolated_defects(img, cc["auto_sigma"], noise, cfa=cfa)
-    img = cosmetic.correct(
-        img, bad if cc["enabled"] else np.zeros(img.shape, np.uint8), cfa=cfa, inplace=True
-    )
+    img = cosmetic.correct(img, bad if cc["enabled"] else invalid, cfa=cfa, inplace=True)
     pattern = None
     if cfa:
         from ..debayer import debayer, effective_pattern
