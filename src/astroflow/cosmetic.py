@@ -169,14 +169,12 @@ def correct(image: np.ndarray, bad: np.ndarray, cfa: bool = False, inplace: bool
     step = 2 if cfa else 1
     h, w = out.shape
 
-    def around(offsets, ys, xs):
-        vals = np.empty((len(offsets), ys.size), np.float32)
-        for k, (dy, dx) in enumerate(offsets):
-            yy, xx = ys + dy * step, xs + dx * step
-            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            yy, xx = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
-            vals[k] = np.where(inside & ~bad[yy, xx], out[yy, xx], np.float32(np.nan))
-        return vals
+    def around(offsets, ys, xs):  # (len(offsets), n) neighbour values, NaN where bad or outside
+        d = np.asarray(offsets)[:, :, None] * step
+        yy, xx = ys + d[:, 0], xs + d[:, 1]
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        yy, xx = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
+        return np.where(inside & ~bad[yy, xx], out[yy, xx], np.float32(np.nan))
 
     edges = around([(-1, 0), (1, 0), (0, -1), (0, 1)], ys, xs)
     corners = around([(-1, -1), (-1, 1), (1, -1), (1, 1)], ys, xs)

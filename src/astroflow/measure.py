@@ -23,9 +23,10 @@ def finite_sample(values: np.ndarray, size: int = 1_000_000) -> np.ndarray:
 
 
 def fill_value(image: np.ndarray) -> float:
-    """What NaN/inf pixels of ``image`` stand in as until repaired: the median of its
-    :func:`finite_sample` (0 when nothing is finite)."""
-    sample = finite_sample(image)
+    """What NaN/inf pixels of ``image`` stand in as until repaired: the median of a 65 k-pixel
+    :func:`finite_sample` (0 when nothing is finite); a stand-in needs no more, and a median of
+    1 M pixels costs 10 ms."""
+    sample = finite_sample(image, 65_536)
     return float(np.median(sample)) if sample.size else 0.0
 
 
@@ -119,7 +120,9 @@ STAR_DTYPE = [
 
 
 def _extract(sub: np.ndarray, sigma: float, rms: float):
-    sep.set_extract_pixstack(max(300000, sub.size // 4))
+    # the stack holds the pixels of the objects being built: never more than the image has, and
+    # a larger one is allocated (and touched) on every call, a third of a 256² frame's extraction
+    sep.set_extract_pixstack(min(max(300000, sub.size // 4), sub.size))
     sep.set_sub_object_limit(4096)
     try:
         # default 3x3 matched filter: the threshold applies to the smoothed image (SExtractor style)
@@ -196,7 +199,9 @@ def detect_stars(
         sub, x0, y0, a0, flux0, npix = sub_small, objs["x"], objs["y"], objs["a"], objs["flux"], objs["npix"]
     r50, _ = sep.flux_radius(sub, x0, y0, 6.0 * a0, 0.5, normflux=flux0, subpix=5)
     sig = np.clip(2.0 * r50 / 2.3548, 0.5, 10)
-    x, y, _ = sep.winpos(sub, x0, y0, sig)
+    # 5×5 sub-pixels on the window's edge (sep's default 11×11): centroids move < 0.001 px, at a
+    # third of the cost
+    x, y, _ = sep.winpos(sub, x0, y0, sig, subpix=5)
     ok = np.isfinite(x) & np.isfinite(y) & (np.hypot(x - x0, y - y0) < 2 * binning)
     x, y = np.where(ok, x, x0), np.where(ok, y, y0)
     fwhm = 2.0 * r50

@@ -44,16 +44,19 @@ def fit_transform(ref_xy: np.ndarray, src_xy: np.ndarray, model: str = "similari
         d = np.mean(src_xy - ref_xy, axis=0)
         return np.array([[1.0, 0.0, d[0]], [0.0, 1.0, d[1]]])
     if model == "similarity":
-        a = np.zeros((2 * n, 4))
-        a[:n] = np.column_stack([x, -y, np.ones(n), np.zeros(n)])
-        a[n:] = np.column_stack([y, x, np.zeros(n), np.ones(n)])
-        p, *_ = np.linalg.lstsq(a, np.concatenate([u, v]), rcond=None)
-        return np.array([[p[0], -p[1], p[2]], [p[1], p[0], p[3]]])
+        # u = a x - b y + tx, v = b x + a y + ty: the least-squares solution in closed form
+        # (about the centroids); a registration refines each frame a dozen times
+        xm, ym, um, vm = x.mean(), y.mean(), u.mean(), v.mean()
+        dx, dy, du, dv = x - xm, y - ym, u - um, v - vm
+        spread = float(np.dot(dx, dx) + np.dot(dy, dy))
+        if spread == 0:  # one point: a shift is all it determines
+            return np.array([[1.0, 0.0, um - xm], [0.0, 1.0, vm - ym]])
+        a = (np.dot(dx, du) + np.dot(dy, dv)) / spread
+        b = (np.dot(dx, dv) - np.dot(dy, du)) / spread
+        return np.array([[a, -b, um - a * xm + b * ym], [b, a, vm - b * xm - a * ym]])
     if model == "affine":
-        a = np.column_stack([x, y, np.ones(n)])
-        px, *_ = np.linalg.lstsq(a, u, rcond=None)
-        py, *_ = np.linalg.lstsq(a, v, rcond=None)
-        return np.vstack([px, py])
+        p, *_ = np.linalg.lstsq(np.column_stack([x, y, np.ones(n)]), src_xy, rcond=None)
+        return p.T
     raise ValueError(f"unknown transform model {model!r}; use shift, similarity or affine")
 
 
@@ -139,13 +142,17 @@ def _vote_shift(
             cell[:, 0] * 1_000_003 + cell[:, 1], return_inverse=True, return_counts=True
         )
         top = np.argsort(-votes, kind="stable")[:cells]
-        cand = np.array([shifts[which.ravel() == t].mean(axis=0) for t in top])
+        which = which.ravel()
+        cand = np.column_stack([np.bincount(which, weights=shifts[:, i])[top] for i in (0, 1)])
+        cand /= votes[top, None]
         dist, _ = tree.query((rot[None, :, :] + cand[:, None, :]).reshape(-1, 2), distance_upper_bound=radius)
         counts = np.isfinite(dist).reshape(len(cand), len(rot)).sum(axis=1)
         k = int(np.argmax(counts))
         if counts[k] > best_count:
             best_count = int(counts[k])
             best = np.array([[flip, 0.0, cand[k, 0]], [0.0, flip, cand[k, 1]]])
+        if 2 * best_count >= len(rot):  # half the stars agree: no flip needs trying
+            break
     return best
 
 
