@@ -45,7 +45,7 @@ def fit_transform(ref_xy: np.ndarray, src_xy: np.ndarray, model: str = "similari
         return np.array([[1.0, 0.0, d[0]], [0.0, 1.0, d[1]]])
     if model == "similarity":
         # u = a x - b y + tx, v = b x + a y + ty: the least-squares solution in closed form
-        # (about the centroids); a registration refines each frame a dozen times
+        # (about the centroids); refine fits each frame eight times
         xm, ym, um, vm = x.mean(), y.mean(), u.mean(), v.mean()
         dx, dy, du, dv = x - xm, y - ym, u - um, v - vm
         spread = float(np.dot(dx, dx) + np.dot(dy, dy))
@@ -128,7 +128,8 @@ def _vote_shift(
     reference: each (reference, source) star pair proposes a shift; the true shift collects one
     proposal per shared star, chance pairs scatter. Proposals are binned in ``radius`` cells; the
     mean shifts of the ``cells`` fullest cells (a shift on a cell border splits its votes) are
-    checked against all stars and the one that brings most together wins."""
+    checked against all stars and the one that brings most together wins. The flipped guess is
+    tried only when fewer than half the stars agree with the direct one."""
     ref, src = ref_xy[:n], src_xy[:n]
     if len(ref) < 2 or len(src) < 2:
         return None
