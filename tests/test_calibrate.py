@@ -111,3 +111,45 @@ def test_debayer_recovers_smooth_colour(pattern, method):
     cfa = (truth * channel_masks(pattern, (40, 40))).sum(0)
     out = debayer(cfa, pattern, method)
     np.testing.assert_allclose(out[:, 3:-3, 3:-3], truth[:, 3:-3, 3:-3], atol=1.0)
+
+
+def test_cfa_flat_colours_are_equalised_keeping_vignetting_and_green_response(tmp_path):
+    """A tinted flat panel (R 0.9, B 0.8 of green) must not recolour the lights: each colour of
+    the master flat is scaled to a median of 1, the vignetting stays, and the two green sites
+    keep their response difference (a sensor property lights have too)."""
+    from astropy.io import fits
+
+    from astroflow.calibrate import master
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:64, 0:96]
+    vignetting = 1 - 0.3 * (np.hypot(yy - 32, xx - 48) / 58) ** 2
+    tint = np.ones((64, 96))
+    tint[0::2, 0::2], tint[1::2, 1::2] = 0.9, 0.8  # RGGB: R, B sites
+    tint[1::2, 0::2] = 1.02  # second green 2 % more sensitive
+    paths = []
+    for i in range(3):
+        img = 20000 * vignetting * tint + rng.normal(0, 20, tint.shape)
+        paths.append(str(tmp_path / f"flat{i}.fits"))
+        fits.PrimaryHDU(
+            img.astype(np.float32), fits.Header({"BAYERPAT": "RGGB", "IMAGETYP": "Flat"})
+        ).writeto(paths[-1])
+    plain, _, _ = master(paths, "flat")
+    flat, header, _ = master(paths, "flat", equalize_cfa=True)
+    masks = channel_masks("RGGB", flat.shape)
+    assert abs(np.median(plain[masks[2]]) / np.median(plain[masks[1]]) - 0.8 / 1.01) < 0.01  # tinted
+    for m in masks:
+        assert abs(np.median(flat[m]) - 1) < 0.002
+    np.testing.assert_allclose(
+        flat[0::2, 0::2] / flat[0::2, 0::2].max(), (vignetting / vignetting.max())[0::2, 0::2], atol=0.01
+    )
+    g2_over_g1 = np.median(flat[1::2, 0::2]) / np.median(flat[0::2, 1::2])
+    assert abs(g2_over_g1 - 1.02) < 0.003
+    assert any("CFA colours equalised" in str(h) for h in header["HISTORY"])
+    # a neutral sky through the same sensor: its greens agree, red and blue agree, and green
+    # stands above them only by the greens' mean response (1 %), not by the panel's tint
+    response = np.ones_like(tint)
+    response[1::2, 0::2] = 1.02
+    out = calibrate_light((1000 * vignetting * response).astype(np.float32), 1.0, flat=flat)
+    r, g1, g2, b = (np.median(out[i // 2 :: 2, i % 2 :: 2]) for i in range(4))
+    assert abs(g1 / g2 - 1) < 0.002 and abs(r / b - 1) < 0.002 and abs(g1 / r - 1.01) < 0.003

@@ -39,6 +39,24 @@ def _frame_median(frame) -> float:
     return float(np.nanmedian(sample))
 
 
+def equalize_cfa_flat(flat: np.ndarray, pattern: str) -> dict[str, float]:
+    """Scale each colour's sites of a normalised CFA master flat (in place) to a median of 1
+    (Siril's ``-equalize_cfa``, WBPP's separate CFA scaling): the flat then corrects vignetting,
+    dust and pixel response, not the colour of the panel or sky it was taken with, and lights
+    keep their own colour balance and each colour its own noise. Returns the levels divided
+    out, per colour; both green sites share one level, so their response difference stays
+    corrected."""
+    sites = {c: [flat[i // 2 :: 2, i % 2 :: 2] for i in range(4) if pattern[i] == c] for c in "RGB"}
+    levels = {}
+    for colour, views in sites.items():
+        level = float(np.nanmedian(np.concatenate([v.ravel() for v in views]))) if views else np.nan
+        if np.isfinite(level) and level > 0:
+            for v in views:
+                v /= np.float32(level)
+            levels[colour] = level
+    return levels
+
+
 def master(
     paths: list[str],
     kind: str,
@@ -46,8 +64,13 @@ def master(
     bias: np.ndarray | None = None,
     dark: np.ndarray | None = None,
     memory_mb: float = 512,
+    equalize_cfa: bool = False,
+    bayer: str | None = None,
 ):
     """Build a master of ``kind`` (bias, dark, flatdark, flat) from the given files.
+
+    ``equalize_cfa``: a one-shot-colour flat (``bayer``, else the flats' BAYERPAT, names its
+    pattern) has each colour's sites scaled to a median of 1 (:func:`equalize_cfa_flat`).
 
     Frames are read band by band (``memory_mb``), so a master of many 26 MP frames needs no more
     memory than one of three. Unreadable files or frames whose shape differs from the first
@@ -99,6 +122,20 @@ def master(
             raise FrameError(f"master flat has non-positive median {med}: check the flat frames")
         result = result / np.float32(med)
     header = fits.Header()
+    pattern = bayer or headers[0].get("BAYERPAT")
+    if kind == "flat" and equalize_cfa and pattern and result.ndim == 2:
+        from .debayer import effective_pattern
+
+        first = headers[0]
+        pattern = effective_pattern(
+            str(pattern),
+            int(first.get("XBAYROFF", 0) or 0),
+            int(first.get("YBAYROFF", 0) or 0),
+            str(first.get("ROWORDER", "TOP-DOWN")),
+            result.shape[0],
+        )
+        levels = equalize_cfa_flat(result, pattern)
+        header["HISTORY"] = "CFA colours equalised: " + ", ".join(f"{c} {v:.4f}" for c, v in levels.items())
     first = headers[0]
     for key in (
         "INSTRUME",

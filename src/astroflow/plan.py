@@ -474,7 +474,8 @@ def _plan_masters(table: pd.DataFrame, tlights: pd.DataFrame, cal: dict, cfa: bo
             notes[idx].append("no flat for this filter: not flat-fielded")
             continue
         if flat["name"] not in masters:
-            add(flat, "flat", cfa=cfa)
+            bayer = light.get("bayer") if cfa and isinstance(light.get("bayer"), str) else ""
+            add(flat, "flat", cfa=cfa, **({"bayer": bayer} if bayer else {}))
             masters[flat["name"]]["calibrate_with"] = flat_calibration(flat)
         choice["flat"] = flat["name"]
     for name, bias in scaled_darks.items():

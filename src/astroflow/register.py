@@ -31,33 +31,50 @@ class Registration:
     method: str
 
 
-def fit_transform(ref_xy: np.ndarray, src_xy: np.ndarray, model: str = "similarity") -> np.ndarray:
-    """Least-squares 2×3 matrix mapping ``ref_xy`` to ``src_xy`` (N×2 each).
+def fit_transform(
+    ref_xy: np.ndarray, src_xy: np.ndarray, model: str = "similarity", weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Least-squares 2×3 matrix mapping ``ref_xy`` to ``src_xy`` (N×2 each), each pair weighted
+    by ``weights`` (default: equally).
 
     ``similarity`` = rotation + uniform scale + shift (4 parameters); ``affine`` = 6;
     ``shift`` = 2.
     """
     n = len(ref_xy)
+    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    w = w / w.sum()
     x, y = ref_xy[:, 0], ref_xy[:, 1]
     u, v = src_xy[:, 0], src_xy[:, 1]
     if model == "shift":
-        d = np.mean(src_xy - ref_xy, axis=0)
+        d = w @ (src_xy - ref_xy)
         return np.array([[1.0, 0.0, d[0]], [0.0, 1.0, d[1]]])
     if model == "similarity":
         # u = a x - b y + tx, v = b x + a y + ty: the least-squares solution in closed form
-        # (about the centroids); refine fits each frame eight times
-        xm, ym, um, vm = x.mean(), y.mean(), u.mean(), v.mean()
+        # (about the weighted centroids); refine fits each frame eight times
+        xm, ym, um, vm = w @ x, w @ y, w @ u, w @ v
         dx, dy, du, dv = x - xm, y - ym, u - um, v - vm
-        spread = float(np.dot(dx, dx) + np.dot(dy, dy))
+        wx, wy = w * dx, w * dy
+        spread = float(np.dot(wx, dx) + np.dot(wy, dy))
         if spread == 0:  # one point: a shift is all it determines
             return np.array([[1.0, 0.0, um - xm], [0.0, 1.0, vm - ym]])
-        a = (np.dot(dx, du) + np.dot(dy, dv)) / spread
-        b = (np.dot(dx, dv) - np.dot(dy, du)) / spread
+        a = (np.dot(wx, du) + np.dot(wy, dv)) / spread
+        b = (np.dot(wx, dv) - np.dot(wy, du)) / spread
         return np.array([[a, -b, um - a * xm + b * ym], [b, a, vm - b * xm - a * ym]])
     if model == "affine":
-        p, *_ = np.linalg.lstsq(np.column_stack([x, y, np.ones(n)]), src_xy, rcond=None)
+        r = np.sqrt(w)[:, None]
+        p, *_ = np.linalg.lstsq(np.column_stack([x, y, np.ones(n)]) * r, src_xy * r, rcond=None)
         return p.T
     raise ValueError(f"unknown transform model {model!r}; use shift, similarity or affine")
+
+
+def pair_weights(ref_flux: np.ndarray, src_flux: np.ndarray) -> np.ndarray:
+    """Weights of matched star pairs in a transform fit: the inverse variance of their centroid
+    difference where the sky's noise limits it (a centroid's error is ∝ 1 / flux), capped at the
+    pairs' median, since brighter stars are limited by their own photon noise (error
+    ∝ 1 / sqrt(flux)) and saturation. Faint stars then no longer dominate the fit's error."""
+    fr, fs = (np.maximum(np.asarray(f, np.float64), 1e-12) for f in (ref_flux, src_flux))
+    w = 1.0 / (1.0 / fr**2 + 1.0 / fs**2)
+    return np.minimum(w, np.median(w))
 
 
 def matrix_text(matrix: np.ndarray) -> str:
@@ -93,10 +110,18 @@ def flux_scale(ref: np.ndarray, src: np.ndarray, matrix: np.ndarray, radius: flo
     return float(np.median(ratio)) if len(ratio) >= 3 else float("nan")
 
 
-def refine(ref_xy, src_xy, matrix, model="similarity", radii=(6.0, 3.0, 1.5, 1.0)):
-    """Re-fit ``matrix`` on all nearest-neighbour pairs within shrinking radii (px)."""
+def refine(ref_xy, src_xy, matrix, model="similarity", radii=(6.0, 3.0, 1.5, 1.0), flux=None):
+    """Re-fit ``matrix`` on all nearest-neighbour pairs within shrinking radii (px); with
+    ``flux`` = (reference fluxes, source fluxes), the pairs are weighted by
+    :func:`pair_weights`."""
     tree = cKDTree(src_xy)
     pairs = np.zeros((0, 2), int)
+
+    def fit(ri, si):
+        return fit_transform(
+            ref_xy[ri], src_xy[si], model, None if flux is None else pair_weights(flux[0][ri], flux[1][si])
+        )
+
     for radius in radii:
         pred = apply(matrix, ref_xy)
         dist, idx = tree.query(pred, distance_upper_bound=radius)
@@ -108,12 +133,12 @@ def refine(ref_xy, src_xy, matrix, model="similarity", radii=(6.0, 3.0, 1.5, 1.0
         ri, si = ri[first], si[first]
         if len(ri) < 3:
             break
-        m = fit_transform(ref_xy[ri], src_xy[si], model)
+        m = fit(ri, si)
         res = np.hypot(*(apply(m, ref_xy[ri]) - src_xy[si]).T)
         keep = res < max(3 * np.sqrt(np.mean(res**2)), 0.05)
         if keep.sum() >= 3:
-            m = fit_transform(ref_xy[ri[keep]], src_xy[si[keep]], model)
             ri, si = ri[keep], si[keep]
+            m = fit(ri, si)
         matrix, pairs = m, np.column_stack([ri, si])
     if len(pairs) == 0:
         return matrix, pairs, float("inf")
@@ -181,8 +206,10 @@ def register(
     min_matches: int = 3,
     images=None,
     max_control_points: int = 60,
+    flux=None,
 ) -> Registration:
-    """Find the reference->source transform from two star lists (brightest first).
+    """Find the reference->source transform from two star lists (brightest first); ``flux`` =
+    (reference fluxes, source fluxes) weights the final fits (:func:`refine`).
 
     First guesses are tried in order until one matches at least half the stars: shift votes
     (milliseconds), triangles (astroalign: any rotation), then phase correlation of ``images()`` (a callable returning the
@@ -214,7 +241,7 @@ def register(
         guess = make()
         if guess is None:
             continue
-        matrix, pairs, rms = refine(ref_xy, src_xy, guess, model)
+        matrix, pairs, rms = refine(ref_xy, src_xy, guess, model, flux=flux)
         if best is None or len(pairs) > best.matches:
             best = Registration(matrix, len(pairs), rms, method)
         if len(pairs) >= max(min_matches, min(len(ref_xy), len(src_xy)) // 2):

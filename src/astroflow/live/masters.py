@@ -172,6 +172,7 @@ class MasterLibrary:
             self.cfg["calibration"]["master_rejection"],
             bias=bias,
             dark=dark,
+            equalize_cfa=self.cfg["calibration"]["equalize_cfa"],
         )
         for note in notes:
             log.warning("%s: %s", g.name, note)

@@ -159,7 +159,12 @@ class Stack:
             "unledgered": self.unledgered,
             "ref": {k: self.ref[k] for k in ("pointing", "fwhm", "stars", "file", "loc", "scale", "weight", "shape", "warmup")},
         }  # fmt: skip
-        arrays = {**self.running.state(), "ref_xy": self.ref["xy"], "ref_lum": self.ref["lum"]}
+        arrays = {
+            **self.running.state(),
+            "ref_xy": self.ref["xy"],
+            "ref_flux": self.ref["flux"],
+            "ref_lum": self.ref["lum"],
+        }
         with atomic_path(self.dir / "state.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -170,6 +175,8 @@ class Stack:
             stack = cls(meta["name"], meta["key"], out)
             ref = meta["ref"]
             stack.ref = {**ref, "xy": np.array(z["ref_xy"]), "lum": np.array(z["ref_lum"])}
+            # stacks saved before the reference kept its fluxes: equal weights
+            stack.ref["flux"] = np.array(z["ref_flux"]) if "ref_flux" in z else np.ones(len(stack.ref["xy"]))
             stack.running = RunningStack(
                 tuple(ref["shape"]), ref["warmup"], live_cfg["reject_low"], live_cfg["reject_high"]
             )
@@ -559,6 +566,7 @@ class Session:
         scale = np.array([[p.scale for p in light.per_channel]])
         stack.ref = {
             "xy": np.column_stack([light.stars["x"], light.stars["y"]]),
+            "flux": np.asarray(light.stars["flux"], np.float64),
             "lum": img.mean(axis=0) if img.ndim == 3 else img,
             "pointing": pointing(a.header),
             "fwhm": float(light.stats.fwhm),
@@ -589,7 +597,12 @@ class Session:
         lum = light.image.mean(axis=0) if light.image.ndim == 3 else light.image
         xy = np.column_stack([light.stars["x"], light.stars["y"]])
         reg = reg_lib.register(
-            stack.ref["xy"], xy, rc["transform"], rc["min_matches"], images=lambda: (stack.ref["lum"], lum)
+            stack.ref["xy"],
+            xy,
+            rc["transform"],
+            rc["min_matches"],
+            images=lambda: (stack.ref["lum"], lum),
+            flux=(stack.ref["flux"], np.asarray(light.stars["flux"], np.float64)),
         )
         if reg.rms > rc["max_rms"]:
             raise reg_lib.RegistrationError(

@@ -45,7 +45,12 @@ _CHANNELS = (*_LIGHTS, "integrate", "crop_area", "gradient")
 STAGES: dict[str, Stage] = {
     "master": Stage(
         "astroflow.stages.master:master",
-        ("calibration.master_rejection", "cosmetic.hot_sigma", "cosmetic.cold_sigma"),
+        (
+            "calibration.master_rejection",
+            "calibration.equalize_cfa",
+            "cosmetic.hot_sigma",
+            "cosmetic.cold_sigma",
+        ),
     ),
     "calibrate": Stage(
         "astroflow.stages.calibrate:calibrate",

@@ -27,6 +27,8 @@ def _integrate_master(spec: dict, deps: dict, cfg: dict, memory_mb: float):
         bias=bias,
         dark=dark,  # flat-darks share the flats' exposure: subtracted as is
         memory_mb=memory_mb,
+        equalize_cfa=cfg["calibration"]["equalize_cfa"],
+        bayer=spec.get("bayer") or None,
     )
 
 

@@ -132,6 +132,7 @@ def register_lights(
                     rc["transform"],
                     rc["min_matches"],
                     images=lambda p=src_path: (reference_luminance(), luminance(p)),
+                    flux=(ref_stars[:, 2], src_stars[:, 2]),
                 )
                 if reg.rms > rc["max_rms"]:
                     raise reg_lib.RegistrationError(
