@@ -1,8 +1,8 @@
 """Quality on nights unlike the benchmark night: astroflow vs Siril 1.0.6 and 1.4 over a grid.
 
-    python benchmarks/grid.py [--size 768x512] [--cells all|1,3,5]
+    python benchmarks/grid.py [--size 768x512] [--cells all|1,3,5] [--seeds 3]
 
-Each cell is a generated night (its own seed) varying the seeing (FWHM 2.2-4 px), the field
+Each cell is a generated night (``--seeds`` nights of its own seeds) varying the seeing (FWHM 2.2-4 px), the field
 rotation between frames (0-2°), the number of lights (8, 20, 50), mono or one-shot colour
 (RGGB) and uint16 or float32 data; every cell runs astroflow (to the integration), Siril 1.0.6
 (the script of reference/baselines.md, `-cfa -equalize_cfa -debayer` for colour) and Siril 1.4
@@ -11,8 +11,9 @@ stacks against the truth (colour stacks on the mean of their channels) with
 ``astroflow.quality.score``: point-source noise (the error of a faint star's flux, in e- per
 frame: the same stars' SNR is inversely proportional to it), per-pixel-binned noise, FWHM,
 ellipticity, photometric scatter, faint-star completeness, flatness and the trail, cosmic-ray
-and hot-pixel residuals. A tool that cannot stack a cell is reported with its error. Writes
-``benchmarks/grid.md``.
+and hot-pixel residuals, each the mean over the cell's seeds (± their standard deviation: one
+night's photometric scatter and trail residual move by tens of per cent between seeds). A tool
+that cannot stack a night is reported with its error. Writes ``benchmarks/grid.md``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 from speed import SIRIL_NEW, run_siril_new
 from vs_siril import TIE, WORK, _fmt, run_astroflow, run_siril
 
@@ -69,9 +71,9 @@ def _mono(image):
     return image.mean(axis=0) if image.ndim == 3 else image
 
 
-def run_cell(cell, size: tuple[int, int], have_new: bool) -> dict:
-    name, osc, frames, fwhm, rotation, dtype, seed = cell
-    night = WORK / f"grid_{name}"
+def run_cell(cell, size: tuple[int, int], have_new: bool, seed: int) -> dict:
+    name, osc, frames, fwhm, rotation, dtype, _ = cell
+    night = WORK / f"grid_{name}_seed{seed}"
     if not (night / "truth/truth.json").exists():
         spec = NightSpec(
             osc=osc, frames=frames, width=size[0], height=size[1], seed=seed, dtype=dtype,
@@ -107,6 +109,24 @@ def run_cell(cell, size: tuple[int, int], have_new: bool) -> dict:
     return results
 
 
+def _mean_over_nights(nights: list[dict]) -> dict:
+    """Per tool, ``{metric: (mean, standard deviation)}`` over the nights it stacked, or its
+    error when it stacked none; a tool that failed some nights says how many in its metrics'
+    place (its mean is over the others)."""
+    out = {}
+    for tool in nights[0]:
+        ok = [n[tool] for n in nights if isinstance(n[tool], dict)]
+        if not ok:
+            out[tool] = next(n[tool] for n in nights)
+            continue
+        out[tool] = {
+            k: (float(np.mean([r[k] for r in ok])), float(np.std([r[k] for r in ok]))) for k in ok[0]
+        }
+        if len(ok) < len(nights):
+            print(f"{tool}: {len(nights) - len(ok)} of {len(nights)} nights failed", flush=True)
+    return out
+
+
 def verdict(ours: float, theirs: float, key: str, better: str) -> str:
     """``better``: "lower", "higher" or "|lower|" (a residual: closer to 0, either sign)."""
     if better == "|lower|":
@@ -121,6 +141,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1024x768")
     ap.add_argument("--cells", default="all", help="comma-separated 1-based cell numbers, or all")
+    ap.add_argument("--seeds", type=int, default=3, help="nights per cell (seeds base, base + 1000, ...)")
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
     cells = CELLS if args.cells == "all" else [CELLS[int(i) - 1] for i in args.cells.split(",")]
@@ -128,17 +149,21 @@ def main() -> int:
     lines = [
         "# Quality grid: astroflow vs Siril on nights unlike the benchmark night",
         "",
-        f"Command: `python benchmarks/grid.py --size {args.size}` ({len(cells)} cells, {size[0]}×{size[1]}, "
+        f"Command: `python benchmarks/grid.py --size {args.size} --seeds {args.seeds}` ({len(cells)} cells of "
+        f"{args.seeds} nights each, {size[0]}×{size[1]}, "
         f"{DENSITY:g} stars/MP, 5 bias/dark/flat each; colour stacks scored on the mean of their channels). Siril 1.4: "
         + ("run." if have_new else "not installed here (../shared/tools/siril-new-up.sh), column absent."),
-        "A verdict compares astroflow with the better Siril: tie within 2 % (or the metric's noise floor);"
+        "Each value is the mean over a cell's nights (± their standard deviation). A verdict compares"
+        " astroflow's mean with the better Siril's: tie within 2 % (or the metric's noise floor);"
         " binned noise is not judged (smoothing kernels lower it without deepening the stack).",
         "",
     ]
     tally = {"lead": 0, "tie": 0, "behind": 0}
     for cell in cells:
-        results = run_cell(cell, size, have_new)
-        name, osc, frames, fwhm, rot, dtype, _ = cell
+        name, osc, frames, fwhm, rot, dtype, base = cell
+        results = _mean_over_nights(
+            [run_cell(cell, size, have_new, base + 1000 * k) for k in range(args.seeds)]
+        )
         tools = list(results)
         lines += [
             f"## {name}: {'OSC' if osc else 'mono'}, {frames} frames, FWHM {fwhm} px, rotation ≤ {rot}°, {dtype}",
@@ -148,8 +173,11 @@ def main() -> int:
         ]
         failed = {t: r for t, r in results.items() if isinstance(r, str)}
         for label, key, better in METRICS:
-            cells_txt = [_fmt(results[t][key], 4) if t not in failed else "–" for t in tools]
-            sirils = [results[t][key] for t in tools if t != "astroflow" and t not in failed]
+            cells_txt = [
+                f"{_fmt(results[t][key][0], 4)} ± {_fmt(results[t][key][1], 4)}" if t not in failed else "–"
+                for t in tools
+            ]
+            sirils = [results[t][key][0] for t in tools if t != "astroflow" and t not in failed]
             v = ""
             if "astroflow" not in failed and sirils and key not in UNFAIR:
                 best = (
@@ -157,7 +185,7 @@ def main() -> int:
                     if better == "higher"
                     else min(sirils, key=abs if better == "|lower|" else None)
                 )
-                v = verdict(results["astroflow"][key], best, key, better)
+                v = verdict(results["astroflow"][key][0], best, key, better)
                 tally[v] += 1
             lines.append(f"| {label} ({better} better) | " + " | ".join(cells_txt) + f" | {v} |")
         lines += [f"- {t} failed: {msg}" for t, msg in failed.items()]

@@ -69,7 +69,7 @@ def master(
 ):
     """Build a master of ``kind`` (bias, dark, flatdark, flat) from the given files.
 
-    ``equalize_cfa``: a one-shot-colour flat (``bayer``, else the flats' BAYERPAT, names its
+    ``equalize_cfa``: a one-shot-colour flat (the flats' BAYERPAT, else ``bayer``, names its
     pattern) has each colour's sites scaled to a median of 1 (:func:`equalize_cfa_flat`).
 
     Frames are read band by band (``memory_mb``), so a master of many 26 MP frames needs no more
@@ -122,20 +122,6 @@ def master(
             raise FrameError(f"master flat has non-positive median {med}: check the flat frames")
         result = result / np.float32(med)
     header = fits.Header()
-    pattern = bayer or headers[0].get("BAYERPAT")
-    if kind == "flat" and equalize_cfa and pattern and result.ndim == 2:
-        from .debayer import effective_pattern
-
-        first = headers[0]
-        pattern = effective_pattern(
-            str(pattern),
-            int(first.get("XBAYROFF", 0) or 0),
-            int(first.get("YBAYROFF", 0) or 0),
-            str(first.get("ROWORDER", "TOP-DOWN")),
-            result.shape[0],
-        )
-        levels = equalize_cfa_flat(result, pattern)
-        header["HISTORY"] = "CFA colours equalised: " + ", ".join(f"{c} {v:.4f}" for c, v in levels.items())
     first = headers[0]
     for key in (
         "INSTRUME",
@@ -153,6 +139,19 @@ def master(
     header["IMAGETYP"] = f"Master {kind}"
     header["NCOMBINE"] = (len(frames), "frames integrated")
     header["HISTORY"] = f"astroflow master {kind}: {len(frames)} frames, rejection {method}"
+    pattern = first.get("BAYERPAT") or bayer  # the flats' own pattern and offsets first
+    if kind == "flat" and equalize_cfa and pattern and result.ndim == 2:
+        from .debayer import effective_pattern
+
+        pattern = effective_pattern(
+            str(pattern),
+            int(first.get("XBAYROFF", 0) or 0),
+            int(first.get("YBAYROFF", 0) or 0),
+            str(first.get("ROWORDER", "TOP-DOWN")),
+            result.shape[0],
+        )
+        levels = equalize_cfa_flat(result, pattern)
+        header["HISTORY"] = "CFA colours equalised: " + ", ".join(f"{c} {v:.4f}" for c, v in levels.items())
     if bias is not None:
         header["CALSTAT"] = "B"
     return result.astype(np.float32), header, notes
