@@ -141,16 +141,9 @@ def master(
     header["HISTORY"] = f"astroflow master {kind}: {len(frames)} frames, rejection {method}"
     pattern = first.get("BAYERPAT") or bayer  # the flats' own pattern and offsets first
     if kind == "flat" and equalize_cfa and pattern and result.ndim == 2:
-        from .debayer import effective_pattern
+        from .debayer import header_pattern
 
-        pattern = effective_pattern(
-            str(pattern),
-            int(first.get("XBAYROFF", 0) or 0),
-            int(first.get("YBAYROFF", 0) or 0),
-            str(first.get("ROWORDER", "TOP-DOWN")),
-            result.shape[0],
-        )
-        levels = equalize_cfa_flat(result, pattern)
+        levels = equalize_cfa_flat(result, header_pattern(str(pattern), first, result.shape[0]))
         header["HISTORY"] = "CFA colours equalised: " + ", ".join(f"{c} {v:.4f}" for c, v in levels.items())
     if bias is not None:
         header["CALSTAT"] = "B"

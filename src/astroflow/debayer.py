@@ -42,6 +42,18 @@ def effective_pattern(
     return "".join(cell[0] + cell[1])
 
 
+def header_pattern(pattern: str, header, height: int) -> str:
+    """:func:`effective_pattern` of ``pattern`` with the offsets and row order ``header`` gives
+    (XBAYROFF, YBAYROFF, ROWORDER) for an image ``height`` rows tall."""
+    return effective_pattern(
+        pattern,
+        int(header.get("XBAYROFF", 0) or 0),
+        int(header.get("YBAYROFF", 0) or 0),
+        str(header.get("ROWORDER", "TOP-DOWN")),
+        height,
+    )
+
+
 def channel_masks(pattern: str, shape: tuple[int, int]) -> np.ndarray:
     """Boolean masks ``(3, ny, nx)`` of R, G, B sites for ``pattern``."""
     masks = np.zeros((3,) + tuple(shape), bool)

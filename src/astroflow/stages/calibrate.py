@@ -85,15 +85,9 @@ def calibrate_frame(raw, header, exptime: float, masters: Masters, cfg: dict, ba
     img = cosmetic.correct(img, bad if cc["enabled"] else invalid, cfa=cfa, inplace=True)
     pattern = None
     if cfa:
-        from ..debayer import debayer, effective_pattern
+        from ..debayer import debayer, header_pattern
 
-        pattern = effective_pattern(
-            bayer,
-            int(header.get("XBAYROFF", 0) or 0),
-            int(header.get("YBAYROFF", 0) or 0),
-            str(header.get("ROWORDER", "TOP-DOWN")),
-            img.shape[0],
-        )
+        pattern = header_pattern(bayer, header, img.shape[0])
         img = debayer(img, pattern, cfg["debayer"]["method"])
         lum = img.mean(axis=0)
     else:
