@@ -153,3 +153,17 @@ def test_cfa_flat_colours_are_equalised_keeping_vignetting_and_green_response(tm
     out = calibrate_light((1000 * vignetting * response).astype(np.float32), 1.0, flat=flat)
     r, g1, g2, b = (np.median(out[i // 2 :: 2, i % 2 :: 2]) for i in range(4))
     assert abs(g1 / g2 - 1) < 0.002 and abs(r / b - 1) < 0.002 and abs(g1 / r - 1.01) < 0.003
+
+
+def test_cfa_flat_with_an_unreadable_bayer_pattern_is_kept_unequalised(tmp_path):
+    from astropy.io import fits
+
+    from astroflow.calibrate import master
+
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"flat{i}.fits"))
+        img = np.full((16, 16), 20000.0 + i, np.float32)
+        fits.PrimaryHDU(img, fits.Header({"BAYERPAT": "XYZW"})).writeto(paths[-1])
+    flat, _, notes = master(paths, "flat", equalize_cfa=True)
+    assert np.allclose(flat, 1.0) and any("flat0.fits" in n and "not equalised" in n for n in notes)

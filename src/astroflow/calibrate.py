@@ -143,8 +143,13 @@ def master(
     if kind == "flat" and equalize_cfa and pattern and result.ndim == 2:
         from .debayer import header_pattern
 
-        levels = equalize_cfa_flat(result, header_pattern(str(pattern), first, result.shape[0]))
-        header["HISTORY"] = "CFA colours equalised: " + ", ".join(f"{c} {v:.4f}" for c, v in levels.items())
+        try:
+            levels = equalize_cfa_flat(result, header_pattern(str(pattern), first, result.shape[0]))
+            header["HISTORY"] = "CFA colours equalised: " + ", ".join(
+                f"{c} {v:.4f}" for c, v in levels.items()
+            )
+        except ValueError as exc:  # an unreadable BAYERPAT costs the equalisation, not the flat
+            notes.append(f"{paths[0]}: {exc}: CFA colours not equalised")
     if bias is not None:
         header["CALSTAT"] = "B"
     return result.astype(np.float32), header, notes
