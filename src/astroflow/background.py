@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numerics import mad_sigma
+from .numerics import mad_sigma, median
 
 MODELS = ("polynomial", "rbf")
 
@@ -145,7 +145,7 @@ def correct(
     for p in planes:
         p = np.asarray(p, np.float32)
         model, info = fit_model(p, method, degree, smoothing, samples_per_row)
-        level = float(np.median(model))
+        level = float(median(model))
         if correction == "subtract":
             out.append(p - model + level)
         elif correction == "divide":

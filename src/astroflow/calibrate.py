@@ -16,6 +16,7 @@ import numpy as np
 from astropy.io import fits
 
 from .io import FrameError, open_rows, read_header
+from .numerics import nanmedian
 
 
 class _Calibrated:
@@ -36,7 +37,7 @@ def _frame_median(frame) -> float:
     ny = frame.shape[-2]
     step = max(1, ny // 512)
     sample = np.concatenate([np.ravel(frame[y : y + 1]) for y in range(0, ny, step)])
-    return float(np.nanmedian(sample))
+    return float(nanmedian(sample))
 
 
 def equalize_cfa_flat(flat: np.ndarray, pattern: str) -> dict[str, float]:
@@ -49,7 +50,7 @@ def equalize_cfa_flat(flat: np.ndarray, pattern: str) -> dict[str, float]:
     sites = {c: [flat[i // 2 :: 2, i % 2 :: 2] for i in range(4) if pattern[i] == c] for c in "RGB"}
     levels = {}
     for colour, views in sites.items():
-        level = float(np.nanmedian(np.concatenate([v.ravel() for v in views]))) if views else np.nan
+        level = float(nanmedian(np.concatenate([v.ravel() for v in views]))) if views else np.nan
         if np.isfinite(level) and level > 0:
             for v in views:
                 v /= np.float32(level)
@@ -117,7 +118,7 @@ def master(
         result[:, y0:y1] = image
     result = result.reshape(shape)
     if kind == "flat":
-        med = np.nanmedian(result)
+        med = nanmedian(result)
         if not np.isfinite(med) or med <= 0:
             raise FrameError(f"master flat has non-positive median {med}: check the flat frames")
         result = result / np.float32(med)

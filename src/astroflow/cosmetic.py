@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 from .measure import finite_or_median, finite_sample
-from .numerics import mad_sigma
+from .numerics import mad_sigma, median
 
 HOT, COLD = 1, 2
 DEFECTS = "DEFECTS"  # FITS extension of a master dark or flat holding its defect map (these codes)
@@ -188,6 +188,6 @@ def correct(image: np.ndarray, bad: np.ndarray, cfa: bool = False, inplace: bool
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods fall back below
             rep[worse] = np.nanmedian(window, axis=0)
     if not np.isfinite(rep).all():  # whole neighbourhoods missing: the frame's median
-        rep = np.where(np.isfinite(rep), rep, np.float32(np.median(finite_or_median(out)[::7, ::7])))
+        rep = np.where(np.isfinite(rep), rep, np.float32(median(finite_or_median(out)[::7, ::7])))
     out[ys, xs] = rep
     return out

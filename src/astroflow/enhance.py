@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from .measure import noise_sigma
-from .numerics import B3, LAYER_NOISE, mad_sigma
+from .numerics import B3, LAYER_NOISE, mad_sigma, median
 
 # AutoIntegrate MLT presets (peers.md §1.2.7): per layer (threshold sigma, amount); iterations dropped
 NOISE_PRESETS = {
@@ -119,7 +119,7 @@ def sharpen(image: np.ndarray, bias=SHARPEN_BIAS, use_mask: bool = True) -> np.n
     res = np.stack(out)
     if use_mask:
         mask = luminance_mask(image)
-        bg = float(np.median(mask))
+        bg = float(median(mask))
         mask = np.clip((mask - bg) / max(1 - bg, 1e-6), 0, 1)
         res = (1 - mask) * planes + mask * res
     res = np.clip(res, 0, 1)
@@ -162,7 +162,7 @@ def saturation(rgb: np.ndarray, steps: int = 1, chroma_blur: float = 1.5) -> np.
             c = curve(c)
         scale = np.where(chroma > 1e-6, 128 * c / np.maximum(chroma, 1e-6), 1)
         lum = ndimage.gaussian_filter(np.asarray(rgb, np.float32).mean(axis=0), 2)
-        bg = float(np.median(lum))
+        bg = float(median(lum))
         noise = float(mad_sigma(lum, bg))
         mask = np.clip((lum - bg - 3 * noise) / 0.2, 0, 1)
         lab[..., 1:] *= (1 + mask * (scale - 1))[..., None].astype(np.float32)

@@ -29,6 +29,7 @@ from .io import (
     write_fits,
     write_xisf,
 )
+from .numerics import median
 from .products import RGB_FILTERS
 
 log = logging.getLogger("astroflow")
@@ -129,7 +130,7 @@ def final_image(
     if st["method"] != "none":
         sky = stars.star_mask(final) < 0.05
         planes = final if final.ndim == 3 else final[None]
-        final = stretch.match_background(final, st["target_background"], [np.median(p[sky]) for p in planes])
+        final = stretch.match_background(final, st["target_background"], [median(p[sky]) for p in planes])
     final, star_files = _stars(final, cfg, notes)
     header = _header(headers, name, notes, history)
     for role, data in star_files.items():

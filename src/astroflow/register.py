@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .numerics import nanmedian
+
 
 class RegistrationError(RuntimeError):
     """A frame could not be registered; the message says why."""
@@ -189,7 +191,7 @@ def _phase_shift(ref_img: np.ndarray, src_img: np.ndarray) -> np.ndarray:
     def prep(img):
         # band-pass: 3x3 median drops hot pixels, subtracting a wide blur drops vignetting and
         # gradients (fixed to the sensor), leaving stars and nebula structure (fixed to the sky)
-        a = cv2.medianBlur(np.nan_to_num(img, nan=float(np.nanmedian(img))).astype(np.float32), 3)
+        a = cv2.medianBlur(np.nan_to_num(img, nan=float(nanmedian(img))).astype(np.float32), 3)
         a = a - cv2.GaussianBlur(a, (0, 0), 25)
         lo, hi = np.percentile(a, [50, 99.9])
         return np.clip(a, lo, hi).astype(np.float32)

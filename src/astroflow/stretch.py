@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numerics import mad_sigma
+from .numerics import mad_sigma, median
 
 STRETCHES = ("auto_stf", "histogram", "arcsinh", "masked", "ghs", "none")
 
@@ -47,7 +47,7 @@ def mtf(m: float | np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _stats(plane: np.ndarray) -> tuple[float, float]:
     sample = plane.ravel()[:: max(1, plane.size // 1_000_000)]
-    med = float(np.median(sample))
+    med = float(median(sample))
     return med, float(mad_sigma(sample, med))
 
 
