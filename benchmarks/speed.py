@@ -225,10 +225,11 @@ def write_report(args, rows, stage_rows, notes, have_new, have_old) -> None:
                 f"{name}: a denser field, {density:g} stars per megapixel (Siril registers none at 480)."
             )
     notes.append(
-        "Small nights are job start-ups: Snakemake's start and DAG take ~1.5 s (0.5 s of it"
-        " importing Snakemake and its plugins), and each of the three job levels (masters,"
-        " calibrate, integrate: registration runs inside integrate) ~0.4 s of interpreter and"
-        " imports, ~0.5 s more where numba loads its cached kernels (masters, integrate)."
+        "Small nights are job start-ups: Snakemake's start and DAG take ~1.7 s (0.8 s of it"
+        " importing Snakemake, its plugins and pandas), and each of the three job levels"
+        " (masters, calibrate, integrate: registration runs inside integrate) ~0.5 s of"
+        " interpreter and imports (astropy.io.fits 0.2 s, through astropy.units), ~0.45 s more"
+        " where numba loads its cached kernels (masters, integrate). See profile.md."
     )
     lines += ["", *[f"- {n}" for n in notes], "", "Raw wall times (s):", ""]
     lines += [f"- {r['night']}: {r['raw']}" for r in rows]

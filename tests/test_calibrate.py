@@ -68,6 +68,24 @@ def test_isolated_defects_spare_a_pixel_centred_star():
     assert not cosmetic.isolated_defects(img.astype(np.float32), 6.0, 5.0).any()
 
 
+@pytest.mark.parametrize("centre", [(30.0, 30.0), (30.5, 31.0), (31.0, 29.5)])
+def test_isolated_defects_spare_a_sharp_red_star_on_a_cfa(centre):
+    """In one colour's lattice a sharp star's core and wings stand alone (their same-colour
+    neighbours are 2 px away); its nearest sites, of the other colours, carry it too. The red
+    of a bright red star (green 0.3 of it, blue 0.1) must not be "repaired"; a hot pixel is."""
+    from astroflow.synth import _render_stars
+
+    rng = np.random.default_rng(3)
+    sky = np.zeros((64, 64))
+    _render_stars(sky, [centre[1]], [centre[0]], [400000], 2.5 / 2.3548)
+    response = np.array([[1.0, 0.3], [0.3, 0.1]])  # RGGB
+    cfa = 150 + np.tile(response, (32, 32)) * sky + rng.normal(0, 5, sky.shape)
+    cfa[10, 50] += 200  # an isolated hot pixel, 40 sigma
+    bad = cosmetic.isolated_defects(cfa.astype(np.float32), 6.0, 5.0, cfa=True)
+    assert bad[10, 50] == cosmetic.HOT
+    assert not bad[24:38, 24:38].any()
+
+
 def test_repair_inside_a_star_keeps_its_flux():
     """A bad-pixel-map hit on a star's peak (most apertures hold one at 3 sigma) costs < 1 %."""
     from astroflow.synth import _render_stars

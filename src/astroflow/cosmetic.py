@@ -8,7 +8,8 @@ deviation, so amp glow, vignetting and gradients are never mistaken for defects:
 * cold: master flat below ``cold_sigma`` (dead pixels);
 * per light, ``auto_sigma`` (a higher threshold) flags *isolated* hot/cold pixels: their excess
   over their 3×3 median is large against the local fine structure (L.A.Cosmic's test: a star
-  or nebula knot is extended, so its 3×3 median stands out from its 7×7 surroundings too).
+  or nebula knot is extended, so its 3×3 median stands out from its 7×7 surroundings too; on a
+  CFA a hot pixel's 4 nearest sites, of other colours, also stay at the sky, a star's do not).
 
 Repair must not eat stars: a 3σ map flags ~0.5 % of pixels, so most star apertures hold one.
 A bad pixel whose 8 same-colour neighbours are good gets the centre of a quadratic surface
@@ -126,8 +127,17 @@ def isolated_defects(
             m3_full = med  # the plane is the mosaic
         elif m3_full is None:
             m3_full = _median(full, 3)
-        fine = _fine_structure(m3_full, ys * step + y0, xs * step + x0)
+        fy, fx = ys * step + y0, xs * step + x0
+        fine, level = _fine_structure(m3_full, fy, fx)
         defect = np.abs(ex) > objlim * np.maximum(np.abs(fine), noise)
+        if cfa:
+            # A sharp star's core or steep wing stands alone in one colour's lattice (its
+            # neighbours there are 2 px away), and the mosaic's 3×3 median, half other colours,
+            # understates it: the red cores of bright red stars were "repaired" (-8 % of their
+            # red flux). The star also lights the pixel's 4 nearest sites, of other colours; a
+            # hot pixel's stay at the sky.
+            support = _cardinal_mean(full, fy, fx) - level
+            defect &= (ex < 0) | (ex > NEIGHBOUR_RATIO * support)
         sub = bpm[sl]
         sub[ys[defect], xs[defect]] = np.where(ex[defect] > 0, HOT, COLD)
         bpm[sl] = sub
@@ -147,14 +157,31 @@ def _beyond(plane: np.ndarray, med: np.ndarray, limit: float, rows: int = 512):
     return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
 
-def _fine_structure(m3: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """``median3 - median7(median3)`` at the given pixels, ``m3`` being the 3×3 median of the
-    mosaic (edges clamped; cheap for few pixels, and no padded copy of the frame)."""
+def _fine_structure(m3: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``median3 - median7(median3)`` and the local level ``median7(median3)`` at the given
+    pixels, ``m3`` being the 3×3 median of the mosaic (edges clamped; cheap for few pixels, and
+    no padded copy of the frame)."""
     h, w = m3.shape
     d = np.arange(-3, 4)
     yy, xx = np.clip(ys[:, None] + d, 0, h - 1), np.clip(xs[:, None] + d, 0, w - 1)
     win = m3[yy[:, :, None], xx[:, None, :]].reshape(len(ys), -1)  # (n, 49)
-    return m3[ys, xs] - np.median(win, axis=1)
+    level = np.median(win, axis=1)
+    return m3[ys, xs] - level, level
+
+
+# A CFA candidate is a defect only when its excess is this many times its 4 nearest sites'
+# mean excess: a star's light reaches them (even a deep red star's green, ~0.2 of its red), a
+# hot pixel's does not (a 6-sigma one is spared when that mean is 0.75 sigma up: ~7 %).
+NEIGHBOUR_RATIO = 8.0
+
+
+def _cardinal_mean(full: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Mean of the 4 edge neighbours of the given mosaic pixels (edges clamped)."""
+    h, w = full.shape
+    total = np.zeros(len(ys), np.float64)
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        total += full[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)]
+    return total / 4
 
 
 def correct(image: np.ndarray, bad: np.ndarray, cfa: bool = False, inplace: bool = False) -> np.ndarray:
