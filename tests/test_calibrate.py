@@ -86,6 +86,23 @@ def test_isolated_defects_spare_a_sharp_red_star_on_a_cfa(centre):
     assert not bad[24:38, 24:38].any()
 
 
+def test_isolated_defects_spare_the_flanks_of_undersampled_stars():
+    """Stars of 2 px FWHM: a diagonal flank pixel's 3×3 median is the sky's, so the
+    fine-structure test alone let it through; a hot pixel is its 3×3's peak, a flank is not."""
+    from astroflow.synth import _render_stars
+
+    rng = np.random.default_rng(5)
+    img = rng.normal(500, 20, (200, 200))
+    ys, xs = np.mgrid[20:200:20, 20:200:20].reshape(2, -1) + rng.uniform(-0.5, 0.5, (2, 81))
+    _render_stars(img, list(xs), list(ys), list(rng.uniform(15000, 60000, 81)), 2.0 / 2.3548)
+    img[10, 10] += 400
+    bad = cosmetic.isolated_defects(img.astype(np.float32), 6.0, 20.0)
+    assert bad[10, 10] == cosmetic.HOT
+    by, bx = np.nonzero(bad)
+    near = np.hypot(by[:, None] - ys[None], bx[:, None] - xs[None]).min(axis=1) < 4
+    assert not near.any(), list(zip(by[near], bx[near], strict=True))
+
+
 def test_repair_inside_a_star_keeps_its_flux():
     """A bad-pixel-map hit on a star's peak (most apertures hold one at 3 sigma) costs < 1 %."""
     from astroflow.synth import _render_stars

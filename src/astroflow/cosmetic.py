@@ -141,7 +141,26 @@ def isolated_defects(
         sub = bpm[sl]
         sub[ys[defect], xs[defect]] = np.where(ex[defect] > 0, HOT, COLD)
         bpm[sl] = sub
+    _drop_flanks(bpm, full)
     return bpm
+
+
+def _drop_flanks(bpm: np.ndarray, full: np.ndarray) -> None:
+    """Unflag (in place) hot pixels with a brighter mosaic neighbour that is not hot itself: a
+    hot pixel or a cosmic-ray track peaks where it is flagged, while the diagonal flank pixels of
+    stars under 2.5 px FWHM pass the fine-structure test (their 3×3 median is the sky's); their
+    repair raised the photometric scatter of 2.2 px stars from 0.39 % to 0.45 %."""
+    ys, xs = np.nonzero(bpm == HOT)
+    if ys.size == 0:
+        return
+    h, w = full.shape
+    value = full[ys, xs]
+    flank = np.zeros(ys.size, bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            yy, xx = np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)
+            flank |= (full[yy, xx] > value) & (bpm[yy, xx] != HOT)
+    bpm[ys[flank], xs[flank]] = 0
 
 
 def _beyond(plane: np.ndarray, med: np.ndarray, limit: float, rows: int = 512):
