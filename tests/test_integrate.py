@@ -200,3 +200,19 @@ def test_rejection_of_a_band_with_gaps_is_the_same_column_by_column():
         lo_j, hi_j = reject(x[:, j : j + 1], "linear", 5, 4)
         assert (lo_j[:, 0] == lo[:, j]).all() and (hi_j[:, 0] == hi[:, j]).all()
     assert hi.sum() > 100  # the outliers were found
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16, np.int32])
+@pytest.mark.parametrize("size", [1, 2, 7, 1000, 65536, 65537])
+def test_median_is_numpys_median(dtype, size):
+    """numerics.median: the value and type np.median gives, by another selection."""
+    from astroflow.numerics import mad_sigma, median, nanmedian
+
+    values = np.random.default_rng(size).normal(1000, 300, size).astype(dtype)
+    assert median(values) == np.median(values) and type(median(values)) is type(np.median(values))
+    assert mad_sigma(values) == 1.4826 * np.median(np.abs(values - np.median(values)))
+    if dtype in (np.float32, np.float64):
+        values[::3] = np.nan
+        assert np.isnan(median(values))
+        if size > 1:
+            assert nanmedian(values) == np.nanmedian(values)
