@@ -153,14 +153,18 @@ def _drop_flanks(bpm: np.ndarray, full: np.ndarray) -> None:
     ys, xs = np.nonzero(bpm == HOT)
     if ys.size == 0:
         return
-    h, w = full.shape
     value = full[ys, xs]
     flank = np.zeros(ys.size, bool)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            yy, xx = np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)
-            flank |= (full[yy, xx] > value) & (bpm[yy, xx] != HOT)
+            flank |= (_shifted(full, ys, xs, dy, dx) > value) & (_shifted(bpm, ys, xs, dy, dx) != HOT)
     bpm[ys[flank], xs[flank]] = 0
+
+
+def _shifted(img: np.ndarray, ys: np.ndarray, xs: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``img`` at the given pixels moved by ``(dy, dx)``, edges clamped."""
+    h, w = img.shape
+    return img[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)]
 
 
 def _beyond(plane: np.ndarray, med: np.ndarray, limit: float, rows: int = 512):
@@ -196,10 +200,9 @@ NEIGHBOUR_RATIO = 8.0
 
 def _cardinal_mean(full: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """Mean of the 4 edge neighbours of the given mosaic pixels (edges clamped)."""
-    h, w = full.shape
     total = np.zeros(len(ys), np.float64)
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        total += full[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)]
+        total += _shifted(full, ys, xs, dy, dx)
     return total / 4
 
 
