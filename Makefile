@@ -12,7 +12,8 @@ RESULTS := results
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+# the kernels (src/astroflow/_kernels.c) are compiled by the install: a changed one reinstalls
+$(VENV)/.installed: pyproject.toml src/astroflow/_kernels.c | $(BIN)/activate
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/astroflow compile

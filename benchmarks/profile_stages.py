@@ -5,7 +5,7 @@
 RESULTS_TARGET is a finished run's ``OUT/<target>`` folder, with its ``provenance/`` and NIGHT its
 data folder (default: the 26 MP night of ``benchmarks/speed.py``,
 ``benchmarks/work/speed_20x26MP/NGC_7000`` of ``benchmarks/work/night_20x6248x4176``). Each stage function is
-called in this process with one thread for OpenCV and numba (the jobs' ``threads: 1``) on
+called in this process with one thread for OpenCV and the kernels (the jobs' ``threads: 1``) on
 ``--frames`` lights of the first chunk, its outputs going to a scratch folder; the integration
 uses every registered frame. Prints wall time and the top functions by own time per stage.
 """

@@ -216,3 +216,43 @@ def test_median_is_numpys_median(dtype, size):
         assert np.isnan(median(values))
         if size > 1:
             assert nanmedian(values) == np.nanmedian(values)
+
+
+def test_kernels_give_the_same_bits_on_any_number_of_threads():
+    """The C kernels split columns, rows and frames over threads: every thread count must give
+    the identical rejection, growth, combination and resampling."""
+    from astroflow import kernels
+    from astroflow.resample import lanczos_affine
+
+    rng = np.random.default_rng(11)
+    n, shape = 9, (64, 5000)  # more than one block of columns and of rows
+    frames = [rng.normal(100, 5, shape).astype(np.float32) for _ in range(n)]
+    frames[3][30:33] += 300  # a trail: high rejections that grow
+    frames[5][rng.random(shape) < 0.1] = np.nan
+    norms = [FrameNorm(np.array([100.0]), np.array([5.0]), 1.0 + i / 10) for i in range(n)]
+    saved = kernels.get_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            kernels.set_threads(threads)
+            stack = integrate(frames, norms, "winsorized", 4.0, 3.0, grow=1, grow_sigma=2.0, grow_seed=3.0)
+            warped = lanczos_affine(
+                frames[0], np.array([[1.0, 0.01, 0.3], [-0.01, 1.0, 0.6]]), np.empty(shape, np.float32)
+            )
+            results.append([*stack, warped])
+    finally:
+        kernels.set_threads(saved)
+    assert results[0][2].max() > 0  # the trail was rejected
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_the_c_kernels_are_part_of_the_code_hash_of_the_stages_calling_them():
+    """A changed kernel must rerun the masters and integrations, which call it."""
+    from astroflow.options import _module_code, code_modules
+
+    for stage in ("astroflow.stages.master", "astroflow.stages.integrate"):
+        assert "astroflow._kernels" in code_modules(stage)
+    assert "astroflow._kernels" not in code_modules("astroflow.stages.gradient")
+    assert len(_module_code("astroflow._kernels")[0]) == 64  # the C text's digest

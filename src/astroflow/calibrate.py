@@ -78,7 +78,7 @@ def master(
     readable one are skipped with a note. Returns ``(data, header, notes)``; raises
     :class:`FrameError` when no frame is usable.
     """
-    from . import integrate as integ  # numba: only master and integration jobs load it
+    from . import integrate as integ  # the compiled kernels: only master and integration jobs
 
     frames, notes, headers = [], [], []
     for p in paths:

@@ -1,7 +1,7 @@
 """Command line: ``astroflow live`` (live stacking of a capture folder, with its web page),
 ``astroflow make-sample`` (synthetic night), ``astroflow score`` (vs truth), ``astroflow
 registered`` (registered lights of a run, which integrates without writing them), ``astroflow
-compile`` (numba kernels into their cache) and ``astroflow config-docs`` (the option tables of
+compile`` (RCD's numba kernels into their cache) and ``astroflow config-docs`` (the option tables of
 config/README.md from the schema)."""
 
 from __future__ import annotations
@@ -53,12 +53,10 @@ def _score(args) -> int:
 
 
 def _compile(args) -> int:
-    from . import debayer, integrate, resample
+    from . import debayer
 
-    integrate.compile_kernels()
-    resample.compile_kernels()
     debayer.compile_kernels()
-    print("astroflow: compiled kernels are cached")
+    print("astroflow: RCD's numba kernels are cached")
     return 0
 
 
@@ -168,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="folder to write <stem>_r.fits to (default OUT/<target>/registered)")
     p.set_defaults(func=_registered)
 
-    p = sub.add_parser("compile", help="compile the numba kernels into their cache (make install does)")
+    p = sub.add_parser("compile", help="compile RCD's numba kernels into their cache (make install does)")
     p.set_defaults(func=_compile)
 
     p = sub.add_parser("config-docs", help="regenerate config/README.md's option tables from the schema")

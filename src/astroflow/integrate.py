@@ -33,7 +33,7 @@ deviations from the mean (Samuelson), so clipping at 3 plain standard deviations
 satellite trail below 11 frames; the leave-one-out deviation (``sigma``), the winsorized
 deviation and ESD do not have this blind spot.
 
-Rejection runs column by column in compiled (numba) kernels over each pixel's valid values:
+Rejection runs column by column in compiled kernels (C, :mod:`astroflow.kernels`) over each pixel's valid values:
 numpy's whole-stack formulation needed ~10 temporaries of the band and was 3-10× slower.
 
 ``auto`` picks by frame count: sigma below 20 frames, linear fit below 25, ESD from 25 (``auto2``,
@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import repeat
 
-import numba
 import numpy as np
+
+from .kernels import blocks, get_threads, ptr
 
 REJECTIONS = ("none", "percentile", "sigma", "winsorized", "linear", "esd")
 DEFAULT_PARAMS = {
@@ -140,13 +141,12 @@ def _esd_lambda(n_max: int, r_max: int, alpha: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Column kernels (numba): one pass per pixel column over its valid values. Columns are processed
-# in blocks that share scratch buffers (an allocation per column cost more than the statistics),
-# and are independent, so the parallel loops give the same result for any thread count.
+# Column kernels (C, astroflow._kernels): one pass per pixel column over its valid values. Columns
+# are processed in blocks that share scratch buffers (an allocation per column cost more than the
+# statistics), and are independent, so the blocks give the same result on any number of threads.
 
 _METHOD_CODE = {"sigma": 0, "winsorized": 1, "linear": 2, "esd": 3, "percentile": 4}
-_BLOCK = 2048  # columns per parallel task
-_LANES = 16  # columns sorted side by side: one AVX-512 register of float32 (two AVX2 ones)
+_BLOCK = 2048  # columns per thread's task
 
 
 @lru_cache
@@ -168,303 +168,31 @@ def sorting_network(n: int) -> np.ndarray:
     return np.array(pairs, np.int64).reshape(-1, 2)
 
 
-@numba.njit(cache=True, nogil=True)
-def _sort(s, m):
-    """Sort ``s[:m]`` in place: insertion sort for the usual few values, numpy's for many."""
-    if m > 48:
-        s[:m].sort()
-        return
-    for i in range(1, m):
-        v = s[i]
-        j = i - 1
-        while j >= 0 and s[j] > v:
-            s[j + 1] = s[j]
-            j -= 1
-        s[j + 1] = v
-
-
-@numba.njit(cache=True, nogil=True)
-def _median(s, m):
-    """Median of ``s[:m]``, reordering them: insertion sort for a few values, Hoare's selection
-    (O(m) where a sort is O(m log m)) for many."""
-    if m <= 48:
-        _sort(s, m)
-        return _median_sorted(s, m)
-    k = m // 2
-    lo, hi = 0, m - 1
-    while lo < hi:  # s[k] becomes the k-th smallest, smaller values before it, larger after
-        a, b, c = s[lo], s[(lo + hi) // 2], s[hi]
-        pivot = max(min(a, b), min(max(a, b), c))  # median of three
-        i, j = lo, hi
-        while i <= j:
-            while s[i] < pivot:
-                i += 1
-            while s[j] > pivot:
-                j -= 1
-            if i <= j:
-                s[i], s[j] = s[j], s[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    if m % 2:
-        return s[k]
-    below = s[0]  # the largest value before position k
-    for i in range(1, k):
-        below = max(below, s[i])
-    return 0.5 * (below + s[k])
-
-
-@numba.njit(cache=True, nogil=True)
-def _median_sorted(s, n):
-    h = n // 2
-    return s[h] if n % 2 else 0.5 * (s[h - 1] + s[h])
-
-
-@numba.njit(cache=True, nogil=True)
-def _quantile_sorted(s, n, q):
-    pos = q * (n - 1)
-    i = int(pos)
-    return s[i] if i + 1 >= n else s[i] + (pos - i) * (s[i + 1] - s[i])
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _column(v, n_all, code, low, high, max_iter, table, r_max, state, s, sidx, dev, removed, below):
-    """Reject in one column ``v[:n_all]`` (valid values only); ``state``: 0 kept, 1 low, 2 high.
-
-    ``s[:n_all]`` holds the same values sorted ascending and ``sidx[:n_all]`` their indices into
-    ``v`` (the caller sorts: :func:`_reject_columns` sorts many columns at once).
-    ``table`` holds ESD critical values ``[n, step]`` or normal scores ``[n, rank]`` (linear fit);
-    ``dev, removed, below`` are scratch buffers of at least ``n_all`` entries.
-    """
-    if code == 4:  # percentile, around the median of all values
-        med = _median_sorted(s, n_all)
-        for k in range(n_all):
-            if med - v[k] > low * abs(med):
-                state[k] = 1
-            elif v[k] - med > high * abs(med):
-                state[k] = 2
-        return
-    if code == 3:  # generalized ESD
-        # the value farthest from the mean of the remaining ones is always their min or max:
-        # sort once, then each step is O(1) with running sums (around the first median, for
-        # precision), instead of O(n) scans (1000 frames × 300 steps per pixel otherwise)
-        shift = _median_sorted(s, n_all)
-        total = 0.0
-        squares = 0.0
-        for k in range(n_all):
-            total += s[k] - shift
-            squares += (s[k] - shift) ** 2
-        lo, hi = 0, n_all - 1
-        for k in range(r_max):
-            removed[k] = -1
-        count = 0
-        for i in range(1, r_max + 1):
-            m = n_all - i + 1
-            if m < MIN_KEEP:
-                break
-            mean = total / m
-            sd = np.sqrt(max(squares - m * mean * mean, 0.0) / (m - 1)) if m > 1 else 0.0
-            if sd <= 0:
-                break
-            d_lo, d_hi = mean - (s[lo] - shift), (s[hi] - shift) - mean
-            if d_hi >= d_lo:
-                j, best, below[i - 1] = hi, d_hi / sd, False
-                hi -= 1
-            else:
-                j, best, below[i - 1] = lo, d_lo / sd, True
-                lo += 1
-            removed[i - 1] = sidx[j]
-            total -= s[j] - shift
-            squares -= (s[j] - shift) ** 2
-            if best > table[n_all, i]:
-                count = i  # the outliers are the first `count` removed, count = last significant step
-        for i in range(count):
-            if removed[i] >= 0:
-                state[removed[i]] = 1 if below[i] else 2
-        return
-    # sorted once with the values' indices: each iteration drops the rejected ones from the
-    # sorted list (still sorted), instead of sorting the kept values again
-    m = n_all
-    for _ in range(max_iter):
-        kept = 0
-        for k in range(m):
-            if state[sidx[k]] == 0:
-                s[kept] = s[k]
-                sidx[kept] = sidx[k]
-                kept += 1
-        m = kept
-        if m <= MIN_KEEP:
-            return
-        med = _median_sorted(s, m)
-        changed = False
-        if code == 2:  # line through the sorted values against their normal scores
-            q1 = _quantile_sorted(s, m, 0.25)
-            sd = (_quantile_sorted(s, m, 0.75) - q1) / 1.3490  # slope = sigma, from the quartiles
-            # a value can only be off the line if it is beyond these even at its extreme score:
-            # only those few need their rank (most columns have none)
-            lo_cut, hi_cut = sd * (table[m, m - 1] - low), sd * (high + table[m, 0])
-            for k in range(n_all):
-                d = v[k] - med
-                if state[k] != 0 or lo_cut <= d <= hi_cut:
-                    continue
-                r = 0
-                while r < m and s[r] < v[k]:
-                    r += 1
-                resid = d - sd * table[m, r]
-                if resid < -low * sd:
-                    state[k] = 1
-                    changed = True
-                elif resid > high * sd:
-                    state[k] = 2
-                    changed = True
-        else:
-            sd = 0.0
-            total = 0.0
-            mad = 0.0
-            if code == 1:  # winsorized: Huber sigma from values clipped at 1.5 sigma (Siril)
-                mean = 0.0
-                for k in range(m):
-                    mean += s[k]
-                mean /= m
-                for k in range(m):
-                    sd += (s[k] - mean) ** 2
-                sd = np.sqrt(sd / m)
-                for _w in range(10):
-                    lo_w, hi_w = med - 1.5 * sd, med + 1.5 * sd
-                    mean = 0.0
-                    for k in range(m):
-                        mean += min(max(s[k], lo_w), hi_w)
-                    mean /= m
-                    new = 0.0
-                    for k in range(m):
-                        new += (min(max(s[k], lo_w), hi_w) - mean) ** 2
-                    new = 1.134 * np.sqrt(new / m)
-                    done = abs(new - sd) < 5e-4 * sd if sd > 0 else True
-                    sd = new
-                    if done:
-                        break
-            else:  # sigma: leave-one-out deviation, never below 1.4826 * MAD
-                for k in range(m):
-                    total += (s[k] - med) ** 2
-                # the deviations in order: a merge outward from the median of the sorted values
-                hi = 0
-                while hi < m and s[hi] < med:
-                    hi += 1
-                lo = hi - 1
-                for k in range(m):
-                    if hi >= m or (lo >= 0 and med - s[lo] <= s[hi] - med):
-                        dev[k] = med - s[lo]
-                        lo -= 1
-                    else:
-                        dev[k] = s[hi] - med
-                        hi += 1
-                mad = 1.4826 * _median_sorted(dev, m)
-            for k in range(n_all):
-                if state[k] != 0:
-                    continue
-                if code == 0:
-                    loo = np.sqrt(max(total - (v[k] - med) ** 2, 0.0) / max(m - 2, 1))
-                    sd = max(mad, loo)
-                if v[k] < med - low * sd:
-                    state[k] = 1
-                    changed = True
-                elif v[k] > med + high * sd:
-                    state[k] = 2
-                    changed = True
-        if not changed:
-            return
-
-
-@numba.njit(cache=True, parallel=True)
 def _reject_columns(x, code, low, high, max_iter, table, r_max, pairs):
-    """Rejection state of every value of a float32 ``(N, P)`` band (see :func:`_column`).
-
-    :data:`_LANES` columns are sorted side by side by the comparator ``pairs`` of a sorting
-    network (:func:`sorting_network`): the same compare-and-swap on every lane is SIMD code,
-    2-4x faster than sorting the columns one by one (insertion sort branches unpredictably on
-    every value, numpy's sort has a call's overhead per column). Invalid values (NaN) sort last
-    as +inf.
-    """
+    """Rejection state of every value of a float32 ``(N, P)`` band: 16 columns at a time are
+    sorted side by side by the comparators ``pairs`` of a sorting network
+    (:func:`sorting_network`; the same compare-and-swap on every lane is SIMD code, 2-4x faster
+    than sorting the columns one by one), then each is judged by its method."""
+    x = np.ascontiguousarray(x, np.float32)  # a view of a band's columns is copied
     n, p = x.shape
     out = np.zeros((n, p), np.uint8)
-    for b in numba.prange((p + _BLOCK - 1) // _BLOCK):
-        v = np.empty(n, np.float64)
-        where = np.empty(n, np.int64)
-        state = np.empty(n, np.uint8)
-        s = np.empty(n, np.float64)
-        sidx = np.empty(n, np.int64)
-        dev = np.empty(n, np.float64)
-        removed = np.empty(max(r_max, 1), np.int64)
-        below = np.empty(max(r_max, 1), np.bool_)
-        tv = np.empty((n, _LANES), np.float32)  # a tile of columns: values and their frames
-        ti = np.empty((n, _LANES), np.int32)
-        count = np.zeros(_LANES, np.int32)
-        compact = np.empty(n, np.int64)  # frame -> index in v, for columns with invalid values
-        j1 = min(p, (b + 1) * _BLOCK)
-        for j0 in range(b * _BLOCK, j1, _LANES):
-            lanes = min(_LANES, j1 - j0)
-            count[:] = 0
-            for i in range(n):
-                for lane in range(lanes):
-                    val = x[i, j0 + lane]
-                    valid = np.isfinite(val)
-                    tv[i, lane] = val if valid else np.inf
-                    ti[i, lane] = i
-                    count[lane] += valid
-                for lane in range(lanes, _LANES):
-                    tv[i, lane] = np.inf
-            for c in range(pairs.shape[0]):
-                va, vb, ia, ib = tv[pairs[c, 0]], tv[pairs[c, 1]], ti[pairs[c, 0]], ti[pairs[c, 1]]
-                for lane in range(_LANES):
-                    a, z, ka, kz = va[lane], vb[lane], ia[lane], ib[lane]
-                    swap = a > z
-                    va[lane] = min(a, z)
-                    vb[lane] = max(a, z)
-                    ia[lane] = kz if swap else ka
-                    ib[lane] = ka if swap else kz
-            for lane in range(lanes):
-                j = j0 + lane
-                m = count[lane]
-                if m < n:  # frames without data here: v holds the valid values only
-                    c = 0
-                    for i in range(n):
-                        if np.isfinite(x[i, j]):
-                            compact[i] = c
-                            where[c] = i
-                            c += 1
-                for k in range(m):
-                    s[k] = tv[k, lane]
-                    sidx[k] = compact[ti[k, lane]] if m < n else ti[k, lane]
-                    v[sidx[k]] = s[k]
-                    if m == n:
-                        where[k] = k
-                if m < 3:
-                    continue
-                state[:m] = 0
-                _column(v, m, code, low, high, max_iter, table, r_max, state, s, sidx, dev, removed, below)
-                for k in range(m):
-                    if state[k] != 0:
-                        out[where[k], j] = state[k]
+    table = np.ascontiguousarray(table, np.float64)
+    pairs = np.ascontiguousarray(pairs, np.int64)
+    args = (ptr(x, np.float32), n, p)
+    rest = (code, low, high, max_iter, ptr(table, np.float64), table.shape[1], r_max)
+    rest += (ptr(pairs, np.int64), len(pairs), ptr(out, np.uint8))
+    blocks("af_reject_columns", p, _BLOCK, lambda a, b: (*args, a, b, *rest))
     return out
 
 
-@numba.njit(cache=True, parallel=True)
 def _normalise_inplace(x, gain, offset):
     """``x[i] = x[i] * gain[i] + offset[i]`` for a ``(N, P)`` float32 band."""
     n, p = x.shape
-    for b in numba.prange((p + _BLOCK - 1) // _BLOCK):
-        for i in range(n):
-            g, o = np.float32(gain[i]), np.float32(offset[i])
-            for j in range(b * _BLOCK, min(p, (b + 1) * _BLOCK)):
-                x[i, j] = x[i, j] * g + o
+    g, o = np.ascontiguousarray(gain, np.float64), np.ascontiguousarray(offset, np.float64)
+    args = (ptr(x, np.float32), n, p)
+    blocks("af_normalise", p, _BLOCK, lambda a, b: (*args, a, b, ptr(g, np.float64), ptr(o, np.float64)))
 
 
-@numba.njit(cache=True, parallel=True)
 def _grow_high(x, state, radius, k, seed):
     """Extend high rejections to their faint surroundings (PixInsight's "clip high growth"), in
     place on the ``state`` of a ``(N, rows, nx)`` band.
@@ -480,57 +208,17 @@ def _grow_high(x, state, radius, k, seed):
     deepening nothing and biasing faint stars low).
     """
     n, ny, nx = x.shape
+    xs, st = ptr(x, np.float32), ptr(state, np.uint8)
     # high rejections are few: find the pixels with one in their column, then the pixels with
     # one of those within radius, and look at the frames of only those columns
-    high = np.zeros((ny, nx), np.uint8)  # 1 where a frame has a high rejection (states 0-2)
-    for y in numba.prange(ny):
-        row = high[y]
-        for i in range(n):
-            src = state[i, y]
-            for xx in range(nx):
-                row[xx] |= src[xx] >> 1
-    for y in numba.prange(ny):
-        vals = np.empty(n, np.float64)
-        ya, yb = max(0, y - radius), min(ny, y + radius + 1)
-        for xx in range(nx):
-            xa, xb = max(0, xx - radius), min(nx, xx + radius + 1)
-            close = 0
-            for yy in range(ya, yb):
-                for xq in range(xa, xb):
-                    close |= high[yy, xq]
-            if close == 0:
-                continue
-            m = 0
-            for i in range(n):  # outliers must not set the scale: high rejections are left out
-                if state[i, y, xx] != 2 and np.isfinite(x[i, y, xx]):
-                    vals[m] = x[i, y, xx]
-                    m += 1
-            if m == 0:
-                continue
-            med = _median(vals, m)
-            for i in range(m):
-                vals[i] = abs(vals[i] - med)
-            sd = 1.4826 * _median(vals, m)
-            for i in range(n):
-                if state[i, y, xx] != 0 or not abs(x[i, y, xx] - med) > k * sd:
-                    continue
-                strong = False  # a high rejection of this frame, strong enough to seed, nearby
-                for yy in range(ya, yb):
-                    for xq in range(xa, xb):
-                        strong |= state[i, yy, xq] == 2 and x[i, yy, xq] > med + seed * sd
-                if strong:
-                    # 3 until every column is judged: the neighbours grow from the test's
-                    # rejections (2), not from each other's growth (each column writes only
-                    # its own values, and 0 or 3 both read as "not 2")
-                    state[i, y, xx] = 3
-    for i in numba.prange(n):
-        for y in range(ny):
-            row = state[i, y]
-            for xx in range(nx):  # 3 -> 2, the others unchanged: branch-free, so SIMD
-                row[xx] -= row[xx] & (row[xx] >> 1) & 1
+    high = np.zeros((ny, nx), np.uint8)
+    hp = ptr(high, np.uint8)
+    rows = max(1, -(-ny // (4 * get_threads())))  # rows per task
+    blocks("af_grow_mark", ny, rows, lambda a, b: (st, n, ny, nx, a, b, hp))
+    blocks("af_grow_judge", ny, rows, lambda a, b: (xs, st, hp, n, ny, nx, a, b, radius, k, seed))
+    blocks("af_grow_settle", n, 1, lambda a, b: (st, ny, nx, a, b))
 
 
-@numba.njit(cache=True, parallel=True)
 def _combine_columns(x, state, start, weights, median, value, low_frac, high_frac, valid):
     """Weighted average (or median) of the kept values of columns ``start:start + len(value)``
     of a ``(N, P)`` band (the band's inner rows; halo rows are only read for the growth).
@@ -541,46 +229,21 @@ def _combine_columns(x, state, start, weights, median, value, low_frac, high_fra
     takes the median of all its values: the rejection maps still show it fully rejected, and the
     image has no hole.
     """
-    n = x.shape[0]
-    p = value.size
-    for b in numba.prange((p + _BLOCK - 1) // _BLOCK):
-        s = np.empty(n, np.float64)
-        j0, j1 = b * _BLOCK, min(p, (b + 1) * _BLOCK)
-        num = np.zeros(j1 - j0, np.float64)
-        den = np.zeros(j1 - j0, np.float64)
-        nv = np.zeros(j1 - j0, np.int32)
-        nl = np.zeros(j1 - j0, np.int32)
-        nh = np.zeros(j1 - j0, np.int32)
-        for i in range(n):  # frame by frame along the columns: branch-free, so SIMD
-            w = weights[i]
-            xi, si = x[i, start + j0 : start + j1], state[i, start + j0 : start + j1]
-            for q in range(j1 - j0):
-                v, st = xi[q], si[q]
-                finite = np.isfinite(v)
-                kept = finite and st == 0
-                num[q] += w * v if kept else 0.0
-                den[q] += w if kept else 0.0
-                nv[q] += finite
-                nl[q] += finite and st == 1
-                nh[q] += finite and st == 2
-        for q in range(j1 - j0):
-            jj = j0 + q
-            if median or (nv[q] > 0 and nl[q] + nh[q] == nv[q]):
-                # the median of the kept values, or of every valid value where all were rejected
-                everything = nl[q] + nh[q] == nv[q]
-                m = 0
-                for i in range(n):
-                    v = x[i, start + jj]
-                    if np.isfinite(v) and (everything or state[i, start + jj] == 0):
-                        s[m] = v
-                        m += 1
-                _sort(s, m)
-                value[jj] = _median_sorted(s, m) if m > 0 else 0.0
-            else:
-                value[jj] = num[q] / den[q] if den[q] > 0 else 0.0
-            valid[jj] = nv[q]
-            low_frac[jj] = nl[q] / max(nv[q], 1)
-            high_frac[jj] = nh[q] / max(nv[q], 1)
+    n, p = x.shape
+    w = np.ascontiguousarray(weights, np.float64)
+    args = (ptr(x, np.float32), ptr(state, np.uint8), n, p, start)
+    outs = (
+        ptr(value, np.float32),
+        ptr(low_frac, np.float32),
+        ptr(high_frac, np.float32),
+        ptr(valid, np.int32),
+    )
+    blocks(
+        "af_combine_columns",
+        value.size,
+        _BLOCK,
+        lambda a, b: (*args, a, b, ptr(w, np.float64), bool(median), *outs),
+    )
 
 
 @dataclass
@@ -656,7 +319,7 @@ def integrate_bands(
     weights = np.array([nm.weight for nm in norms], np.float64)
     coeffs = [norm_coefficients(norms, norms[reference], normalisation, c) for c in range(channels)]
     rows = band_rows(n, nx, memory_mb)
-    with ThreadPoolExecutor(min(numba.get_num_threads(), READERS)) as pool:
+    with ThreadPoolExecutor(min(get_threads(), READERS)) as pool:
         for y0 in range(0, ny, rows):
             y1 = min(ny, y0 + rows)
             ya, yb = max(0, y0 - grow), min(ny, y1 + grow)  # halo rows for the growth
@@ -723,15 +386,3 @@ def integrate(sources: list, norms: list[FrameNorm], rejection: str, low: float,
     if len(shape) == 2:
         return out[0], rej_lo[0], rej_hi[0], coverage
     return out, rej_lo, rej_hi, coverage
-
-
-def compile_kernels() -> None:
-    """Run every kernel once on tiny data with the argument types the pipeline uses, so their
-    machine code is in numba's cache (``astroflow compile``, run by ``make install``): no job
-    then spends seconds compiling."""
-    x = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
-    for method in _METHOD_CODE:
-        reject_state(x, method, *DEFAULT_PARAMS[method])
-    norms = [FrameNorm(np.array([0.0]), np.array([1.0]), 1.0) for _ in range(5)]
-    for combine in ("average", "median"):
-        integrate([x.reshape(5, 8, 8)[i] for i in range(5)], norms, "sigma", 3, 3, combine=combine, grow=1)

@@ -41,12 +41,13 @@ def non_default(cfg: dict, defaults: dict) -> list[str]:
 
 
 def _module_file(name: str) -> Path | None:
-    """Source file of an ``astroflow`` module (or package), None if there is none."""
+    """Source file of an ``astroflow`` module (or package; ``.c`` for the compiled kernels), None
+    if there is none."""
     parts = name.split(".")
     if parts[0] != "astroflow":
         return None
     base = PACKAGE_DIR.joinpath(*parts[1:])
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
+    for path in (base.with_suffix(".py"), base / "__init__.py", base.with_suffix(".c")):
         if path.is_file():
             return path
     return None
@@ -106,11 +107,14 @@ def _module_code(name: str) -> tuple[str, tuple[str, ...]]:
     key = f"{name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
     cache = _code_cache()
     if key not in cache:
-        tree = ast.parse(path.read_text())
-        imports = sorted(_imports(name, tree, path.name == "__init__.py"))
+        if path.suffix == ".c":  # C source: its text as it is, and it imports nothing
+            code, imports = path.read_text(), []
+        else:
+            tree = ast.parse(path.read_text())
+            code, imports = _normalised(tree), sorted(_imports(name, tree, path.name == "__init__.py"))
         for old in [k for k in cache if k.split(":")[0] == name]:  # earlier versions of the file
             del cache[old]
-        cache[key] = [hashlib.sha256(_normalised(tree).encode()).hexdigest(), imports]
+        cache[key] = [hashlib.sha256(code.encode()).hexdigest(), imports]
         try:  # a read-only installation just parses every time
             CODE_CACHE.parent.mkdir(exist_ok=True)
             tmp = CODE_CACHE.with_suffix(f".{os.getpid()}.tmp")

@@ -20,7 +20,7 @@ rule integrate:
         out("{target}", "benchmarks", "integrate_{filter}.tsv")
     conda:
         "../../envs/astroflow.yaml"
-    threads: lambda wc: workflow.cores or 1  # all cores: numba parallelises the columns
+    threads: lambda wc: workflow.cores or 1  # all cores: the kernels split the columns
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.target, 0, config["integration"]["memory_mb"]),
         band_mb=config["integration"]["memory_mb"],

@@ -7,7 +7,7 @@ module and everything that module imports inside astroflow (:func:`astroflow.opt
 The workflow puts exactly those options and that hash in the rule's ``params:``, so a changed
 option or module reruns only the jobs it can affect. ``astroflow live`` calls the same functions.
 
-Modules a stage alone needs (numba kernels, pandas, scipy) are imported inside it: every job pays
+Modules a stage alone needs (compiled kernels, numba for RCD, pandas, scipy) are imported inside it: every job pays
 its module's imports, and a small night's run is mostly job start-ups.
 """
 

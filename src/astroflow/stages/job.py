@@ -13,14 +13,19 @@ from ..io import atomic_path
 
 
 def setup_logging(path: str | Path, threads: int = 1) -> None:
-    """Send the library's log (and warnings) to a job's log file, keep OpenCV's and numba's
-    thread pools to the job's ``threads`` (Snakemake's budget), and spare the job's exit a
-    garbage collection of its libraries; used by the Snakemake scripts after their imports."""
+    """Send the library's log (and warnings) to a job's log file, keep OpenCV's, the compiled
+    kernels' and numba's (RCD's) thread pools to the job's ``threads`` (Snakemake's budget), and
+    spare the job's exit a garbage collection of its libraries; used by the Snakemake scripts
+    after their imports."""
     import cv2
 
     threads = max(1, int(threads))
     cv2.setNumThreads(threads)
-    os.environ["NUMBA_NUM_THREADS"] = str(threads)  # read when numba is imported
+    # read when astroflow.kernels and numba are imported (importing them here would make every
+    # stage's code hash depend on the kernels)
+    os.environ["ASTROFLOW_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(threads)
+    if "astroflow.kernels" in sys.modules:
+        sys.modules["astroflow.kernels"].set_threads(threads)
     if "numba" in sys.modules:  # already imported: the variable came too late
         numba = sys.modules["numba"]
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -36,8 +41,8 @@ def setup_logging(path: str | Path, threads: int = 1) -> None:
         default_hook(kind, value, tb)
 
     sys.excepthook = log_failure
-    # Python's last garbage collections at exit walk every object the libraries made (numba's
-    # registries, astropy's units): ~0.3 s a job on a VM, for memory the system frees anyway.
+    # Python's last garbage collections at exit walk every object the libraries made (astropy's
+    # units, numba's registries where RCD ran): ~0.3 s a job on a VM, for memory the system frees anyway.
     # Frozen objects are skipped, by those and by the job's own collections.
     gc.freeze()
     atexit.register(gc.freeze)
