@@ -540,24 +540,48 @@ VECTOR int af_rows_pass(const float *src, i64 width, i64 s0, i64 s1, double a, d
 }
 
 /* Pass 2, output rows y0:y1: out[y, x] = T(x, v(x, y)) with v = d x + e y + f; tmp is
- * (rows x nx), out (ny_out x nx). */
+ * (rows x nx), out (ny_out x nx). Along an output row the first tap row floor(v) - 3 changes
+ * every 1/|d| columns (a hundred for a night's rotations): within such a run each tap is a
+ * row of tmp read in order and a weight looked up per column (a gather), so the run is SIMD
+ * code, the taps summed in the same order as one column at a time. */
 VECTOR int af_columns_pass(const float *tmp, i64 rows, double d, double e, double f, float *out, i64 y0,
-                            i64 y1, i64 nx, const float *table, i64 steps) {
+                           i64 y1, i64 nx, const float *table, i64 steps) {
+    int32_t *first = malloc(sizeof(int32_t) * (nx > 0 ? nx : 1)), *bin = malloc(sizeof(int32_t) * (nx > 0 ? nx : 1));
+    if (!first || !bin) {
+        free(first), free(bin);
+        return -1;
+    }
     for (i64 y = y0; y < y1; y++) {
-        float *orow = out + y * nx;
+        float *restrict orow = out + y * nx;
         for (i64 x = 0; x < nx; x++) {
             double v = d * (double)x + e * (double)y + f;
             i64 iv = (i64)floor(v);
-            const float *w = table + (i64)((v - (double)iv) * (double)steps + 0.5) * TAPS;
-            i64 i0 = iv - (TAPS / 2 - 1);
-            float acc = 0.0f;
-            if (i0 >= 0 && i0 + TAPS <= rows)
-                for (int t = 0; t < TAPS; t++) acc += w[t] * tmp[(i0 + t) * nx + x];
-            else
-                for (int t = 0; t < TAPS; t++) acc += w[t] * tmp[reflect(i0 + t, rows) * nx + x];
-            orow[x] = acc;
+            first[x] = (int32_t)(iv - (TAPS / 2 - 1));
+            bin[x] = (int32_t)((i64)((v - (double)iv) * (double)steps + 0.5) * TAPS);
+        }
+        i64 x = 0;
+        while (x < nx) {
+            i64 i0 = first[x], x1 = x + 1;
+            while (x1 < nx && first[x1] == i0) x1++;
+            if (i0 >= 0 && i0 + TAPS <= rows) {
+                const float *restrict r = tmp + i0 * nx;
+                for (i64 xx = x; xx < x1; xx++) {
+                    const float *w = table + bin[xx];
+                    float acc = 0.0f;
+                    for (int t = 0; t < TAPS; t++) acc += w[t] * r[t * nx + xx];
+                    orow[xx] = acc;
+                }
+            } else {
+                for (i64 xx = x; xx < x1; xx++) {
+                    float acc = 0.0f;
+                    for (int t = 0; t < TAPS; t++) acc += table[bin[xx] + t] * tmp[reflect(i0 + t, rows) * nx + xx];
+                    orow[xx] = acc;
+                }
+            }
+            x = x1;
         }
     }
+    free(first), free(bin);
     return 0;
 }
 
