@@ -1,11 +1,11 @@
 """The compiled kernels (``_kernels.c``, built with the package) and the threads that run them.
 
 The C functions are reached through :mod:`ctypes`, which releases the GIL during a call: a
-kernel over columns (or rows, or frames) ``a:b`` is split into blocks that run on the job's
-threads (:func:`set_threads`, or ``ASTROFLOW_THREADS`` when imported: a job's Snakemake
-``threads``; the machine's cores by default, as for ``astroflow live``), each block written by one call only, so results are identical for any
-number of threads. Loading takes a millisecond where
-numba's cached kernels cost each job ~0.5 s of imports.
+kernel over columns (or rows, or frames) ``a:b`` is split into blocks that run on the kernels'
+threads, each block written by one call only, so results are identical for any number of
+threads. The threads are :func:`set_threads`'s, or ``ASTROFLOW_THREADS``'s when imported (a
+job's Snakemake ``threads``), or the machine's cores (``astroflow live``). Loading takes a
+millisecond where numba's cached kernels cost each job ~0.5 s of imports.
 """
 
 from __future__ import annotations

@@ -62,38 +62,11 @@ def lanczos_affine(src: np.ndarray, m: np.ndarray, out: np.ndarray) -> np.ndarra
     rows, width = src.shape
     ny, nx = out.shape
     tmp = np.empty((rows, nx), np.float32)
-    call(
-        "af_rows_pass",
-        ptr(src, np.float32),
-        width,
-        0,
-        rows,
-        a,
-        b,
-        c,
-        d,
-        e,
-        f,
-        ptr(tmp, np.float32),
-        nx,
-        ptr(TABLE, np.float32),
-        STEPS,
-    )
+    table = (ptr(TABLE, np.float32), STEPS)
+    geometry = (a, b, c, d, e, f)
+    call("af_rows_pass", ptr(src, np.float32), width, 0, rows, *geometry, ptr(tmp, np.float32), nx, *table)
     target = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
-    call(
-        "af_columns_pass",
-        ptr(tmp, np.float32),
-        rows,
-        d,
-        e,
-        f,
-        ptr(target, np.float32),
-        0,
-        ny,
-        nx,
-        ptr(TABLE, np.float32),
-        STEPS,
-    )
+    call("af_columns_pass", ptr(tmp, np.float32), rows, d, e, f, ptr(target, np.float32), 0, ny, nx, *table)
     if target is not out:
         out[:] = target
     return out
