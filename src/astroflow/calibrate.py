@@ -118,7 +118,9 @@ def master(
         result[:, y0:y1] = image
     result = result.reshape(shape)
     if kind == "flat":
-        med = nanmedian(result)
+        # its level from ~512 rows, as the flats' own (:func:`_frame_median`): the full frame's
+        # median took 0.4 s at 26 MP for the same level within 1e-5 on the benchmark night
+        med = nanmedian(result[..., :: max(1, shape[-2] // 512), :])
         if not np.isfinite(med) or med <= 0:
             raise FrameError(f"master flat has non-positive median {med}: check the flat frames")
         result = result / np.float32(med)

@@ -319,6 +319,8 @@ def integrate_bands(
     weights = np.array([nm.weight for nm in norms], np.float64)
     coeffs = [norm_coefficients(norms, norms[reference], normalisation, c) for c in range(channels)]
     rows = band_rows(n, nx, memory_mb)
+    # one buffer for every band: a fresh 100+ MB band each time is page-faulted and zeroed anew
+    buffer = np.empty(n * (min(ny, rows + 2 * grow)) * nx, np.float32)
     with ThreadPoolExecutor(min(get_threads(), READERS)) as pool:
         for y0 in range(0, ny, rows):
             y1 = min(ny, y0 + rows)
@@ -327,13 +329,13 @@ def integrate_bands(
             rej_lo, rej_hi = np.empty_like(image), np.empty_like(image)
             coverage = np.empty((y1 - y0, nx), np.float32)
             for c in range(channels):
-                band = np.empty((n, (yb - ya) * nx), np.float32)
+                band = buffer[: n * (yb - ya) * nx].reshape(n, (yb - ya) * nx)
 
                 # reads and resampling release the GIL: the job's threads share the frames
                 list(pool.map(_read_band, sources, band, repeat(ya), repeat(yb), repeat(c)))
                 _normalise_inplace(band, *coeffs[c])
                 state = reject_state(band, rejection, low, high)
-                if grow > 0 and (state == 2).any():
+                if grow > 0 and state.max() == 2:  # any high rejection (max: no 40 MB temporary)
                     _grow_high(
                         band.reshape(n, yb - ya, nx),
                         state.reshape(n, yb - ya, nx),
@@ -355,7 +357,7 @@ def integrate_bands(
                 )
                 if c == 0:
                     coverage[:] = valid.reshape(y1 - y0, nx)
-                del band, state, valid  # before the next band is allocated: one band in memory
+                del state, valid  # before the next band's: one band in memory
             yield y0, y1, image, rej_lo, rej_hi, coverage
             del image, rej_lo, rej_hi, coverage
 

@@ -27,9 +27,10 @@ def _identity(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def checksums(paths: list[str], cache_file: str | os.PathLike) -> dict[str, str]:
+def checksums(paths: list[str], cache_file: str | os.PathLike, threads: int | None = None) -> dict[str, str]:
     """sha256 of every readable file in ``paths`` (unreadable ones are left out), using and
-    updating the JSON cache ``cache_file`` (path -> [size, mtime_ns, ctime_ns, inode, sha256])."""
+    updating the JSON cache ``cache_file`` (path -> [size, mtime_ns, ctime_ns, inode, sha256]),
+    on ``threads`` threads (default: the machine's cores; at most 8)."""
     cache_file = Path(cache_file)
     try:
         cache = json.loads(cache_file.read_text())
@@ -48,7 +49,7 @@ def checksums(paths: list[str], cache_file: str | os.PathLike) -> dict[str, str]
             todo[p] = ident
     if todo:
         # hashlib releases the GIL on large buffers: threads hash files in parallel
-        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        with ThreadPoolExecutor(max(1, min(8, threads or os.cpu_count() or 1))) as pool:
             digests = dict(zip(todo, pool.map(_try_sha256, todo), strict=True))
         for p, digest in digests.items():
             if digest:

@@ -64,7 +64,10 @@ CLASSIFIED = scan(
     config["bayer_pattern"],
     exclude=[OUT],
 )
-_sums = checksums(list(CLASSIFIED["path"]), OUT / ".astroflow" / "checksums.json")
+# on the cores the run was given: `--cores 1` means one core, in Snakemake's own process too
+_sums = checksums(
+    list(CLASSIFIED["path"]), OUT / ".astroflow" / "checksums.json", workflow.cores
+)
 CLASSIFIED["sha256"] = [_sums.get(p, "") for p in CLASSIFIED["path"]]
 try:
     PLAN, TABLE = build_plan(CLASSIFIED, config, DATA)
