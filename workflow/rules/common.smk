@@ -64,9 +64,19 @@ CLASSIFIED = scan(
     config["bayer_pattern"],
     exclude=[OUT],
 )
+
+
+def run_cores():
+    """The run's ``--cores``; None where it gives none (a cluster run: each job has its own)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
+
+
 # on the cores the run was given: `--cores 1` means one core, in Snakemake's own process too
 _sums = checksums(
-    list(CLASSIFIED["path"]), OUT / ".astroflow" / "checksums.json", workflow.cores
+    list(CLASSIFIED["path"]), OUT / ".astroflow" / "checksums.json", run_cores()
 )
 CLASSIFIED["sha256"] = [_sums.get(p, "") for p in CLASSIFIED["path"]]
 try:
