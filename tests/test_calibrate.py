@@ -138,7 +138,7 @@ def test_effective_pattern(pattern, xoff, yoff, roworder, expected):
     assert effective_pattern(pattern, xoff, yoff, roworder, height=100) == expected
 
 
-@pytest.mark.parametrize("method", ["bilinear", "ea", "mhc", "rcd"])
+@pytest.mark.parametrize("method", ["bilinear", "ea", "mhc", "cd", "rcd"])
 @pytest.mark.parametrize("pattern", ["RGGB", "BGGR", "GRBG", "GBRG"])
 def test_debayer_recovers_smooth_colour(pattern, method):
     yy, xx = np.mgrid[0:40, 0:40]
@@ -146,6 +146,44 @@ def test_debayer_recovers_smooth_colour(pattern, method):
     cfa = (truth * channel_masks(pattern, (40, 40))).sum(0)
     out = debayer(cfa, pattern, method)
     np.testing.assert_allclose(out[:, 3:-3, 3:-3], truth[:, 3:-3, 3:-3], atol=1.0)
+
+
+def test_colour_difference_debayer_is_deeper_than_mhc_and_keeps_star_colours():
+    """Against the truth of sharp (FWHM 2.5 px) coloured stars: ``cd`` measures a faint star's
+    flux with 2 % less noise than ``mhc`` (matched filter, normalised by each method's own response
+    to a star) and each channel's aperture flux within 2 % (RCD's scatter by ~20 % here)."""
+    import cv2
+    import sep
+
+    rng = np.random.default_rng(1)
+    n, sigma = 192, 2.5 / 2.3548
+    yy, xx = np.mgrid[0:n, 0:n]
+    pos = 20 + 25 * np.mgrid[0:7, 0:7].reshape(2, -1).T + rng.uniform(0, 1, (49, 2))  # x, y
+    colours = rng.uniform(0.3, 1.7, (49, 3))
+    r2 = (xx[None] - pos[:, 0, None, None]) ** 2 + (yy[None] - pos[:, 1, None, None]) ** 2
+    psfs = np.exp(-r2 / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+    truth = np.einsum("sc,syx->cyx", 5000 * colours, psfs).astype(np.float32)
+    masks = channel_masks("RGGB", (n, n))
+    white = (psfs.sum(0) * masks.any(0)).astype(np.float32)  # unit-flux grey stars on every site
+    noise = rng.normal(0, 10, (4, n, n)).astype(np.float32)
+    kernel = cv2.getGaussianKernel(11, sigma) @ cv2.getGaussianKernel(11, sigma).T
+
+    def point_noise(method):
+        def matched(img):
+            return cv2.filter2D(debayer(img, "RGGB", method).mean(0), cv2.CV_32F, kernel.astype(np.float32))
+
+        response = matched(white)[np.round(pos[:, 1]).astype(int), np.round(pos[:, 0]).astype(int)].mean()
+        return np.mean([matched(nz)[10:-10, 10:-10].std() for nz in noise]) / response
+
+    rgb = debayer((truth * masks).sum(0), "RGGB", "cd")
+    errors = [
+        sep.sum_circle(rgb[c].astype(float), pos[:, 0], pos[:, 1], 6.25)[0]
+        / sep.sum_circle(truth[c].astype(float), pos[:, 0], pos[:, 1], 6.25)[0]
+        - 1
+        for c in range(3)
+    ]
+    assert np.std(errors) < 0.02
+    assert point_noise("cd") < 0.985 * point_noise("mhc")  # 0.977 here; rcd 0.980
 
 
 def test_cfa_flat_colours_are_equalised_keeping_vignetting_and_green_response(tmp_path):

@@ -201,9 +201,12 @@ def test_osc_night_debayered_registered_and_colour_preserved(osc_night, tmp_path
     fr = [
         sep.sum_circle(np.ascontiguousarray(p - np.median(p)), xy[sel, 0], xy[sel, 1], 6.0)[0] for p in stack
     ]
-    measured = np.log(np.asarray(fr[0]) / np.asarray(fr[2]))
-    true_ratio = np.log(st["R"][sel] / st["B"][sel])
-    assert sel.sum() >= 5 and np.corrcoef(measured, true_ratio)[0, 1] > 0.9
+    error = np.log(np.asarray(fr[0]) / np.asarray(fr[2])) - np.log(st["R"][sel] / st["B"][sel])
+    # the bright stars' colours exact; the faint ones' (800-2000 e-) within their photon noise
+    # (|error| ~0.1 for any demosaic; a grey or R/B-swapped image is off by ~0.3 at the median)
+    bright = st["G"][sel] * 120 > 1e5
+    assert sel.sum() >= 5 and bright.sum() >= 2, sel.sum()
+    assert np.abs(error[bright]).max() < 0.05 and np.median(np.abs(error)) < 0.12, error
 
     # the finished OSC image: background neutral within 1 %, at the target, under 0.1 % clipped
     from astroflow.stars import star_mask
