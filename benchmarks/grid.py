@@ -19,6 +19,7 @@ that cannot stack a night is reported with its error. Writes ``benchmarks/grid.m
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from astroflow.io import read_image
 from astroflow.quality import score
 from astroflow.synth import NightSpec, load_truth, make_night
 
+RESULTS = WORK / "grid_results.json"  # per cell, so a failure later keeps what was measured
 # stars per megapixel: at the benchmark night's 480, Siril 1.0.6 finds too few stars to register
 # a 768×512 frame (it needs 6 matched pairs)
 DENSITY = 1500.0
@@ -73,7 +75,7 @@ def _mono(image):
 
 def run_cell(cell, size: tuple[int, int], have_new: bool, seed: int) -> dict:
     name, osc, frames, fwhm, rotation, dtype, _ = cell
-    night = WORK / f"grid_{name}_seed{seed}"
+    night = WORK / f"grid_{name}_{size[0]}x{size[1]}_seed{seed}"  # --size makes other nights
     if not (night / "truth/truth.json").exists():
         spec = NightSpec(
             osc=osc, frames=frames, width=size[0], height=size[1], seed=seed, dtype=dtype,
@@ -127,12 +129,25 @@ def _mean_over_nights(nights: list[dict]) -> dict:
     return out
 
 
-def verdict(ours: float, theirs: float, key: str, better: str) -> str:
-    """``better``: "lower", "higher" or "|lower|" (a residual: closer to 0, either sign)."""
+def paired_spread(nights: list[dict], tool: str, key: str) -> float:
+    """Standard error of the mean night-by-night difference of ``key`` between astroflow and
+    ``tool`` (the same nights: what the seeds change for both tools cancels)."""
+    d = [
+        n["astroflow"][key] - n[tool][key]
+        for n in nights
+        if all(isinstance(n[t], dict) for t in ("astroflow", tool))
+    ]
+    return float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
+def verdict(ours: float, theirs: float, key: str, better: str, spread: float = 0.0) -> str:
+    """``better``: "lower", "higher" or "|lower|" (a residual: closer to 0, either sign).
+    ``spread``: the standard error of the difference (:func:`paired_spread`); a difference
+    within it, within 2 % or within the metric's noise floor is a tie."""
     if better == "|lower|":
         ours, theirs = abs(ours), abs(theirs)
     tie = TIE.get(key, 0.0)
-    if abs(ours - theirs) <= max(tie, 0.02 * abs(theirs)):
+    if abs(ours - theirs) <= max(tie, 0.02 * abs(theirs), spread):
         return "tie"
     return "lead" if (ours < theirs) == (better != "higher") else "behind"
 
@@ -142,6 +157,7 @@ def main() -> int:
     ap.add_argument("--size", default="1024x768")
     ap.add_argument("--cells", default="all", help="comma-separated 1-based cell numbers, or all")
     ap.add_argument("--seeds", type=int, default=3, help="nights per cell (seeds base, base + 1000, ...)")
+    ap.add_argument("--reuse", action="store_true", help="keep the cells already in grid_results.json")
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
     cells = CELLS if args.cells == "all" else [CELLS[int(i) - 1] for i in args.cells.split(",")]
@@ -154,16 +170,21 @@ def main() -> int:
         f"{DENSITY:g} stars/MP, 5 bias/dark/flat each; colour stacks scored on the mean of their channels). Siril 1.4: "
         + ("run." if have_new else "not installed here (../shared/tools/siril-new-up.sh), column absent."),
         "Each value is the mean over a cell's nights (± their standard deviation). A verdict compares"
-        " astroflow's mean with the better Siril's: tie within 2 % (or the metric's noise floor);"
+        " astroflow's mean with the better Siril's: tie within 2 %, within the standard error of the"
+        " night-by-night difference (the same nights for both) or within the metric's noise floor;"
         " binned noise is not judged (smoothing kernels lower it without deepening the stack).",
         "",
     ]
     tally = {"lead": 0, "tie": 0, "behind": 0}
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for cell in cells:
         name, osc, frames, fwhm, rot, dtype, base = cell
-        results = _mean_over_nights(
-            [run_cell(cell, size, have_new, base + 1000 * k) for k in range(args.seeds)]
-        )
+        cell_key = f"{name} {args.size} x{args.seeds}"
+        if not (args.reuse and cell_key in saved):
+            saved[cell_key] = [run_cell(cell, size, have_new, base + 1000 * k) for k in range(args.seeds)]
+            RESULTS.write_text(json.dumps(saved, indent=1, default=float))
+        nights = saved[cell_key]
+        results = _mean_over_nights(nights)
         tools = list(results)
         lines += [
             f"## {name}: {'OSC' if osc else 'mono'}, {frames} frames, FWHM {fwhm} px, rotation ≤ {rot}°, {dtype}",
@@ -177,15 +198,15 @@ def main() -> int:
                 f"{_fmt(results[t][key][0], 4)} ± {_fmt(results[t][key][1], 4)}" if t not in failed else "–"
                 for t in tools
             ]
-            sirils = [results[t][key][0] for t in tools if t != "astroflow" and t not in failed]
+            sirils = [t for t in tools if t != "astroflow" and t not in failed]
             v = ""
             if "astroflow" not in failed and sirils and key not in UNFAIR:
-                best = (
-                    max(sirils)
-                    if better == "higher"
-                    else min(sirils, key=abs if better == "|lower|" else None)
-                )
-                v = verdict(results["astroflow"][key][0], best, key, better)
+                means = {
+                    t: abs(results[t][key][0]) if better == "|lower|" else results[t][key][0] for t in sirils
+                }
+                best = (max if better == "higher" else min)(means, key=means.get)
+                ours, theirs = results["astroflow"][key], results[best][key]
+                v = verdict(ours[0], theirs[0], key, better, paired_spread(nights, best, key))
                 tally[v] += 1
             lines.append(f"| {label} ({better} better) | " + " | ".join(cells_txt) + f" | {v} |")
         lines += [f"- {t} failed: {msg}" for t, msg in failed.items()]

@@ -153,8 +153,8 @@ def test_growth_does_not_clip_the_upper_tail_of_correlated_noise():
     plain = integrate(frames, norms, "sigma", 4.0, 3.0, memory_mb=0.5)
     every = integrate(frames, norms, "sigma", 4.0, 3.0, grow_seed=0.0, **options)
     strong = integrate(frames, norms, "sigma", 4.0, 3.0, grow_seed=6.0, **options)
-    assert every[2].mean() > plain[2].mean() + 0.008  # noise alone doubled the rejections
-    assert strong[2].mean() < plain[2].mean() + 0.002
+    assert every[2].mean() > 3 * plain[2].mean()  # noise alone tripled the rejections
+    assert strong[2].mean() < plain[2].mean() + 0.0005
     assert (plain[0] - every[0]).mean() > 5 * abs((plain[0] - strong[0]).mean())  # the bias
 
 
@@ -256,3 +256,26 @@ def test_the_c_kernels_are_part_of_the_code_hash_of_the_stages_calling_them():
         assert "astroflow._kernels" in code_modules(stage)
     assert "astroflow._kernels" not in code_modules("astroflow.stages.gradient")
     assert len(_module_code("astroflow._kernels")[0]) == 64  # the C text's digest
+
+
+@pytest.mark.parametrize("n", [5, 8, 12, 20])
+def test_sigma_clipping_rejects_pure_noise_as_rarely_as_its_gaussian_tails(n):
+    """The leave-one-out deviation of a few values is itself uncertain: at a plain 3 sigma, 8
+    frames of pure noise lost 0.9 % of their values high (7× the Gaussian tail) and a star's
+    core, whose values differ with the seeing, lost flux. Calibrated by Student's t, each
+    threshold rejects noise at its Gaussian rate whatever the frame count, and a cosmic ray
+    among 5 frames or a 6-sigma trail among 20 still goes."""
+    from statistics import NormalDist
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(1000, 10, (n, 200_000)).astype(np.float32)
+    lo, hi = reject(x, "sigma", 4.0, 3.0)
+
+    def tail(k):
+        return 1 - NormalDist().cdf(k)
+
+    assert 0.4 * tail(3.0) < hi.mean() < 1.5 * tail(3.0)
+    assert lo.mean() < 1.5 * tail(4.0) + 3 / x.size
+    spike = x[:, :1000].copy()
+    spike[0] += 60 if n == 20 else 500  # a 6-sigma trail among 20; a cosmic ray is thousands of sigma
+    assert reject(spike, "sigma", 4.0, 3.0)[1][0].mean() > (0.9 if n == 20 else 0.999)

@@ -240,6 +240,9 @@ static void reject_column(const double *v, i64 n_all, const Method *mt, uint8_t 
                 }
                 mad = 1.4826 * median_sorted(dev, m);
             }
+            /* sigma: the thresholds for m values (astroflow.integrate.sigma_thresholds) */
+            double lo_k = mt->code == SIGMA ? table[m * tc] : low;
+            double hi_k = mt->code == SIGMA ? table[m * tc + 1] : high;
             for (i64 k = 0; k < n_all; k++) {
                 if (state[k] != 0) continue;
                 if (mt->code == SIGMA) {
@@ -247,10 +250,10 @@ static void reject_column(const double *v, i64 n_all, const Method *mt, uint8_t 
                                       (double)(m - 2 > 1 ? m - 2 : 1));
                     sd = fmax(mad, loo);
                 }
-                if (v[k] < med - low * sd) {
+                if (v[k] < med - lo_k * sd) {
                     state[k] = 1;
                     changed = 1;
-                } else if (v[k] > med + high * sd) {
+                } else if (v[k] > med + hi_k * sd) {
                     state[k] = 2;
                     changed = 1;
                 }

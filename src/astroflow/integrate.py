@@ -15,7 +15,12 @@ Rejection methods and their two parameters (low, high), as in PixInsight / Siril
 
 * ``percentile``: reject ``median - x > low * |median|`` and ``x - median > high * |median|``;
 * ``sigma``: iterative clipping around the median at ``low``/``high`` deviations, each value
-  judged by the standard deviation of the others (leave-one-out, at least 1.4826 × MAD);
+  judged by the standard deviation of the others (leave-one-out, at least 1.4826 × MAD). That
+  deviation is estimated from only ``m - 1`` values, so a value is rejected when it is as
+  improbable as a ``low``/``high`` sigma Gaussian deviate given the estimate: Student's t with
+  ``m - 2`` degrees of freedom (:func:`sigma_thresholds`; 3 sigma is 4.9 deviations among 8
+  values, 3.5 among 20). Plain 3-sigma clipping of 8 frames rejected 0.9 % of pure noise high
+  (0.13 % expected) and, on the stars, lowered their flux by a varying fraction;
 * ``winsorized``: sigma clipping whose deviation comes from a winsorized (1.5 sigma) sample;
 * ``linear``: the sorted column against its expected normal order statistics is a line of
   slope sigma through the median (a normal probability plot); values ``low``/``high`` sigma off
@@ -42,10 +47,12 @@ AutoIntegrate's, takes percentile below 8 frames; see :func:`auto_rejection`).
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import repeat
+from statistics import NormalDist
 
 import numpy as np
 
@@ -111,6 +118,8 @@ def reject_state(x: np.ndarray, method: str, low: float, high: float, max_iter: 
         table = _esd_lambda(n, r_max, high)
     elif method == "linear":
         table = _normal_scores(n)
+    elif method == "sigma":
+        table = sigma_thresholds(n, float(low), float(high))
     else:
         table = np.zeros((n + 1, 2))
     pairs = sorting_network(n)
@@ -119,13 +128,58 @@ def reject_state(x: np.ndarray, method: str, low: float, high: float, max_iter: 
 
 def _normal_scores(n_max: int) -> np.ndarray:
     """Expected standard-normal order statistics (Blom): ``z[n, r]`` for rank r of n values."""
-    from statistics import NormalDist  # not scipy.special: 0.2 s of a job's start-up
-
-    inv = NormalDist().inv_cdf
+    inv = NormalDist().inv_cdf  # not scipy.special: 0.2 s of a job's start-up
     z = np.zeros((n_max + 1, n_max + 1))
     for n in range(1, n_max + 1):
         z[n, :n] = [inv((r + 0.625) / (n + 0.25)) for r in range(n)]
     return z
+
+
+def _student_t_quantile(p: float, nu: int) -> float:
+    """The ``p`` quantile (p > 0.5) of Student's t with ``nu`` degrees of freedom: below 20 by
+    bisection of the closed-form CDF (Abramowitz & Stegun 26.7.3-4, in ``theta = atan(t /
+    sqrt(nu))``), above by the Cornish-Fisher expansion (within 0.1 % there up to 5 sigma).
+    Not scipy.special: 0.2 s of a job's start-up for a handful of numbers."""
+    if nu >= 20:
+        z = NormalDist().inv_cdf(p)
+        terms = (
+            (z**3 + z) / 4,
+            (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+            (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+        )
+        return z + sum(g / nu ** (i + 1) for i, g in enumerate(terms))
+
+    def central(theta):  # P(|T| < sqrt(nu) tan theta)
+        c, s = math.cos(theta), math.sin(theta)
+        if nu % 2:  # 26.7.3
+            term, total = c, 0.0
+            for k in range(1, (nu - 1) // 2 + 1):
+                total += term
+                term *= c * c * 2 * k / (2 * k + 1)
+            return 2 / math.pi * (theta + s * total)
+        term, total = 1.0, 0.0  # 26.7.4
+        for k in range(1, nu // 2 + 1):
+            total += term
+            term *= c * c * (2 * k - 1) / (2 * k)
+        return s * total
+
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if central(mid) < 2 * p - 1 else (lo, mid)
+    return math.sqrt(nu) * math.tan((lo + hi) / 2)
+
+
+@lru_cache
+def sigma_thresholds(n: int, low: float, high: float) -> np.ndarray:
+    """``table[m] = (low', high')``: the leave-one-out deviations ``sigma`` rejection clips at
+    among ``m`` values, as improbable as ``low``/``high`` Gaussian sigma (Student's t, ``m - 2``
+    degrees of freedom; see the module doc)."""
+    table = np.full((n + 1, 2), np.inf)
+    normal = NormalDist()
+    for m in range(4, n + 1):  # below 4 values a column is never clipped (the kernel's MIN_KEEP)
+        table[m] = [_student_t_quantile(normal.cdf(k), m - 2) for k in (low, high)]
+    return table
 
 
 def _esd_lambda(n_max: int, r_max: int, alpha: float) -> np.ndarray:
