@@ -121,9 +121,11 @@ def _aperture_snr(sub: np.ndarray, xy: np.ndarray, sky_xy: np.ndarray, fwhm: flo
     """Aperture flux of the stars at ``xy`` over the robust scatter of the same aperture's sum
     at the star-free places ``sky_xy`` (both with the local annulus level subtracted)."""
 
+    sub = sub.astype(np.float64)  # sep's sums want float64; converted once
+
     def sums(points):
         kw = {"bkgann": (3 * fwhm, 5 * fwhm), "subpix": 5}
-        return sep.sum_circle(sub.astype(np.float64), points[:, 0], points[:, 1], 1.5 * fwhm, **kw)[0]
+        return sep.sum_circle(sub, points[:, 0], points[:, 1], 1.5 * fwhm, **kw)[0]
 
     sky = sums(sky_xy)
     return sums(xy) / (1.4826 * np.median(np.abs(sky - np.median(sky))))
@@ -143,8 +145,9 @@ def same_stars(ours: Path, coverage: Path, others: dict[str, Path]) -> dict[str,
     stars = stars[np.argsort(-stars["flux"])]  # brightest first
     xy = np.column_stack([stars["x"], stars["y"]])
     fwhm0 = float(np.median(stars["fwhm"][:100]))
-    brighter = [min(cKDTree(xy).query_ball_point(p, 6 * fwhm0)) < i for i, p in enumerate(xy)]
-    inner = cv2_erode(common, int(12 * fwhm0))
+    tree = cKDTree(xy)
+    brighter = [min(tree.query_ball_point(p, 6 * fwhm0)) < i for i, p in enumerate(xy)]
+    inner = _erode(common, int(12 * fwhm0))
     at = inner[np.round(xy[:, 1]).astype(int), np.round(xy[:, 0]).astype(int)]
     pick = np.flatnonzero(~stars["sat"] & at & ~np.array(brighter))[:STARS]
     rng = np.random.default_rng(0)
@@ -176,7 +179,7 @@ def same_stars(ours: Path, coverage: Path, others: dict[str, Path]) -> dict[str,
     }
 
 
-def cv2_erode(mask: np.ndarray, radius: int) -> np.ndarray:
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     import cv2
 
     return cv2.erode(mask.astype(np.uint8), np.ones((2 * radius + 1,) * 2, np.uint8)) > 0

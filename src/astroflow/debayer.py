@@ -56,9 +56,8 @@ def header_pattern(pattern: str, header, height: int) -> str:
 def channel_masks(pattern: str, shape: tuple[int, int]) -> np.ndarray:
     """Boolean masks ``(3, ny, nx)`` of R, G, B sites for ``pattern``."""
     masks = np.zeros((3,) + tuple(shape), bool)
-    for i, colour in enumerate(pattern):
-        dy, dx = divmod(i, 2)
-        masks["RGB".index(colour), dy::2, dx::2] = True
+    for colour, sl in _cells(pattern):
+        masks["RGB".index(colour)][sl] = True
     return masks
 
 
