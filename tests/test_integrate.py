@@ -218,6 +218,15 @@ def test_median_is_numpys_median(dtype, size):
             assert nanmedian(values) == np.nanmedian(values)
 
 
+@pytest.mark.parametrize("fraction", [0.0, 1e-4, 0.5, 1.0])
+def test_pixels_where_is_numpys_nonzero(fraction):
+    from astroflow.numerics import pixels_where
+
+    mask = np.random.default_rng(3).random((37, 53)) < fraction
+    for got, want in zip(pixels_where(mask), np.nonzero(mask), strict=True):
+        assert got.dtype == want.dtype and (got == want).all()
+
+
 def test_kernels_give_the_same_bits_on_any_number_of_threads():
     """The C kernels split columns, rows and frames over threads: every thread count must give
     the identical rejection, growth, combination and resampling."""

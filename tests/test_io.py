@@ -34,6 +34,20 @@ def test_float_in_adu_is_kept(tmp_path):
     np.testing.assert_array_equal(img, data)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.int32, np.float64])
+def test_rows_read_into_a_band_are_the_pixels(tmp_path, dtype):
+    """FitsRows reads float32 straight into the band and swaps it there; the other types convert."""
+    from astroflow.io import FitsRows
+
+    data = (np.random.default_rng(5).random((3, 40, 31)) * 60000).astype(dtype)
+    fits.PrimaryHDU(data).writeto(tmp_path / "a.fits")
+    rows = FitsRows(tmp_path / "a.fits")
+    band = np.full((2, 7 * 31), np.nan, np.float32)
+    rows.read_into(band[1], 30, channel=2)
+    np.testing.assert_array_equal(band[1], data[2, 30:37].astype(np.float32).ravel())
+    assert np.isnan(band[0]).all()  # nothing beside the row it was given
+
+
 def test_tile_compressed_real_frame():
     path = importlib.resources.files("astropy") / "io/fits/hdu/compressed/tests/data/m13.fits"
     if not Path(str(path)).exists():

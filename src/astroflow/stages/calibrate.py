@@ -72,10 +72,10 @@ def calibrate_frame(raw, header, exptime: float, masters: Masters, cfg: dict, ba
             np.maximum(bad, m, out=bad)
     # unlit flat pixels (calibrate_light), NaN in the raw frame: always repaired, with the
     # defects; until then the frame's fill value, so no measurement fills them again
-    invalid = np.where(np.isfinite(img), 0, cosmetic.COLD).astype(np.uint8)
+    invalid = ~np.isfinite(img)
     if invalid.any():
-        np.maximum(bad, invalid, out=bad)
-        img[invalid != 0] = measure.fill_value(img)
+        bad[invalid] = np.maximum(bad[invalid], cosmetic.COLD)
+        img[invalid] = measure.fill_value(img)
     noise = measure.noise_sigma(img)  # defects are clipped out of it: valid after repair too
     if not noise > 0:  # nothing to weight it by, nothing to detect against
         level = float(np.nanmedian(img))
