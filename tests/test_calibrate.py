@@ -240,3 +240,20 @@ def test_cfa_flat_with_an_unreadable_bayer_pattern_is_kept_unequalised(tmp_path)
         fits.PrimaryHDU(img, fits.Header({"BAYERPAT": "XYZW"})).writeto(paths[-1])
     flat, _, notes = master(paths, "flat", equalize_cfa=True)
     assert np.allclose(flat, 1.0) and any("flat0.fits" in n and "not equalised" in n for n in notes)
+
+
+def test_stars_on_nebulosity_beyond_the_pixel_stack_are_all_found(monkeypatch):
+    """Detection starts with SExtractor's pixel stack; a frame whose nebulosity overflows it is
+    extracted again with room for every pixel, finding what one roomy extraction finds."""
+    from astroflow import measure
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:600, :600]
+    img = rng.normal(0, 1, (600, 600)) + 20 * np.exp(-((yy - 300) ** 2 + (xx - 300) ** 2) / (2 * 60**2))
+    for y, x in rng.uniform(40, 560, (40, 2)):
+        img += 200 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5**2))
+    img = img.astype(np.float32)
+    roomy = measure._extract(img, 3.0, 1.0)
+    monkeypatch.setattr(measure, "PIXSTACK", 20_000)  # the nebula alone holds ~40 000 pixels
+    tight = measure._extract(img, 3.0, 1.0)
+    assert len(roomy) >= 25 and roomy["npix"].max() > 20_000 and (tight == roomy).all()
