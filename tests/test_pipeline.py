@@ -368,3 +368,19 @@ def test_dslr_raw_night_goes_through_the_osc_path(osc_night, tmp_path):
     assert lights["dark"].notna().all() and lights["flat"].notna().all()
     assert (frames["path"].str.endswith(".dng")).all()
     assert fits.getdata(target / "integration/Integration_RGB.fits").shape == (3, 320, 448)
+
+
+def test_lights_registered_in_forked_workers_give_the_same_rows(mono_run, monkeypatch):
+    """register_lights on two processes (integration's threads) returns what one gives."""
+    import yaml
+
+    from astroflow.stages import register
+
+    out, _ = mono_run
+    target = out / "NGC_7000"
+    cfg = yaml.safe_load((target / "provenance" / "config.yaml").read_text())
+    dirs = sorted(str(p) for p in (target / "calibrated").glob("L_*"))
+    one, ref = register.register_lights(dirs, dirs, cfg)
+    monkeypatch.setattr(register, "PARALLEL_FRAMES", 2)
+    two, ref2 = register.register_lights(dirs, dirs, cfg, workers=2)
+    assert two == one and ref2 == ref and sum(r["reg_status"] == "ok" for r in one) >= 10

@@ -34,9 +34,10 @@ def integrate(
     depend on it); they are combined in the order of their paths, whatever chunks they came in."""
     from .. import integrate as lib
     from .. import subframes
+    from ..kernels import get_threads
     from .register import register_lights, registered_rows
 
-    rows, reference = register_lights(calibrated_dirs, reference_dirs, cfg)
+    rows, reference = register_lights(calibrated_dirs, reference_dirs, cfg, workers=get_threads())
     ok = sorted((r for r in rows if r.get("reg_status") == "ok"), key=lambda r: r["path"])
     if not ok:
         return _empty(filt, "no frame could be calibrated and registered", reference, outputs, history)

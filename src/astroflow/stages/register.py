@@ -70,7 +70,7 @@ def reference(calibrated_dirs: list[str], out: str | Path, cfg: dict) -> dict:
 
 
 def register_lights(
-    calibrated_dirs: list[str], reference_dirs: list[str], cfg: dict
+    calibrated_dirs: list[str], reference_dirs: list[str], cfg: dict, workers: int = 1
 ) -> tuple[list[dict], dict]:
     """Register every measured light of ``calibrated_dirs`` (one filter's chunks) onto the
     target's reference (chosen from the reference filter's ``reference_dirs``,
@@ -78,8 +78,10 @@ def register_lights(
     are read only for the phase-correlation fallback. Returns the rows of the registration
     table (``measure.tsv`` rows with :data:`records.REGISTRATION`'s columns, ``dir`` the
     calibrated chunk folder) and the reference. The frames are resampled where they are read,
-    by integration (:class:`astroflow.register.WarpedRows`)."""
-    from .. import register as reg_lib
+    by integration (:class:`astroflow.register.WarpedRows`).
+
+    ``workers`` > 1 registers the lights in that many forked processes (star matching is small
+    numpy operations that hold the GIL: threads would take turns); the rows are the same."""
     from ..io import FitsRows
 
     ref = choose_reference(reference_dirs, cfg)
@@ -94,68 +96,93 @@ def register_lights(
             }
             for r in table
         ], ref
-    ref_stars = np.asarray(ref["stars"], float)
-    ref_xy = ref_stars[:, :2]
-    shape = FitsRows(ref["file"]).shape[-2:]
-
-    def luminance(path):
-        img = read_image(path)[0]
-        return img.mean(axis=0) if img.ndim == 3 else img
-
-    @functools.cache
-    def reference_luminance():  # read only if a frame needs phase correlation
-        return luminance(ref["file"])
-
-    rc = cfg["registration"]
     stars = {d: np.load(Path(d) / "stars.npz") for d in calibrated_dirs}
-    rows = []
-    for row in table:
-        rec = {**row, "reg_status": "excluded", "reg_reason": ""}
-        rows.append(rec)
-        if row["status"] != "ok":
-            rec["reg_reason"] = "not calibrated"
-            continue
-        src_path = str(Path(row["dir"]) / row["file"])
-        src_stars = stars[row["dir"]][row["file"]]
-        try:
-            size = FitsRows(src_path).shape[-2:]
-            if size != shape:
-                raise reg_lib.RegistrationError(f"size {size[::-1]} differs from the reference {shape[::-1]}")
-            if src_path == ref["file"]:
-                reg = reg_lib.Registration(
-                    np.array([[1.0, 0, 0], [0, 1.0, 0]]), len(ref_xy), 0.0, "reference"
-                )
-            else:
-                reg = reg_lib.register(
-                    ref_xy,
-                    src_stars[:, :2],
-                    rc["transform"],
-                    rc["min_matches"],
-                    images=lambda p=src_path: (reference_luminance(), luminance(p)),
-                    flux=(ref_stars[:, 2], src_stars[:, 2]),
-                )
-                if reg.rms > rc["max_rms"]:
-                    raise reg_lib.RegistrationError(
-                        f"star residual {reg.rms:.2f} px exceeds max_rms {rc['max_rms']} px"
-                    )
-            a = reg.matrix
-            scale = 1.0 if reg.method == "reference" else reg_lib.flux_scale(ref_stars, src_stars, a)
-            rec.update(
-                flux_scale=round(scale, 6),
-                reg_status="ok",
-                matches=reg.matches,
-                reg_rms=round(reg.rms, 4),
-                reg_method=reg.method,
-                shift_x=round(float(a[0, 2]), 3),
-                shift_y=round(float(a[1, 2]), 3),
-                rotation=round(float(np.degrees(np.arctan2(a[1, 0], a[0, 0]))), 4),
-                matrix=reg_lib.matrix_text(a),
-                reference=src_path == ref["file"],
-            )
-        except (reg_lib.RegistrationError, FrameError) as exc:
-            rec["reg_reason"] = f"{row['path']}: cannot register: {exc}"
-            log.error("excluded %s", rec["reg_reason"])
+    todo = [(row, stars[row["dir"]][row["file"]]) for row in table if row["status"] == "ok"]
+    global _REFERENCE
+    _REFERENCE = (ref, np.asarray(ref["stars"], float), FitsRows(ref["file"]).shape[-2:], cfg["registration"])
+    try:
+        if workers > 1 and len(todo) >= PARALLEL_FRAMES:
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
+
+            # forked: the workers inherit the reference instead of unpickling it per frame
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+                done = list(pool.map(_register_one, todo, chunksize=-(-len(todo) // (4 * workers))))
+        else:
+            done = [_register_one(t) for t in todo]
+    finally:
+        _REFERENCE = None
+        _reference_luminance.cache_clear()
+    by_file = {(r["dir"], r["file"]): rec for (r, _), rec in zip(todo, done, strict=True)}
+    rows = [
+        by_file.get((r["dir"], r["file"])) or {**r, "reg_status": "excluded", "reg_reason": "not calibrated"}
+        for r in table
+    ]
     return rows, ref
+
+
+PARALLEL_FRAMES = 64  # fewer lights are registered in well under the ~50 ms a pool costs
+_REFERENCE = None  # (reference, its stars, its shape, registration options) while register_lights runs
+
+
+@functools.cache
+def _reference_luminance(path: str):  # read only if a frame needs phase correlation
+    return _luminance(path)
+
+
+def _luminance(path):
+    img = read_image(path)[0]
+    return img.mean(axis=0) if img.ndim == 3 else img
+
+
+def _register_one(item) -> dict:
+    """The registration-table row of one calibrated light ``(measure.tsv row, its stars)`` onto
+    :data:`_REFERENCE`."""
+    from .. import register as reg_lib
+    from ..io import FitsRows
+
+    row, src_stars = item
+    ref, ref_stars, shape, rc = _REFERENCE
+    ref_xy = ref_stars[:, :2]
+    rec = {**row, "reg_status": "excluded", "reg_reason": ""}
+    src_path = str(Path(row["dir"]) / row["file"])
+    try:
+        size = FitsRows(src_path).shape[-2:]
+        if size != shape:
+            raise reg_lib.RegistrationError(f"size {size[::-1]} differs from the reference {shape[::-1]}")
+        if src_path == ref["file"]:
+            reg = reg_lib.Registration(np.array([[1.0, 0, 0], [0, 1.0, 0]]), len(ref_xy), 0.0, "reference")
+        else:
+            reg = reg_lib.register(
+                ref_xy,
+                src_stars[:, :2],
+                rc["transform"],
+                rc["min_matches"],
+                images=lambda: (_reference_luminance(ref["file"]), _luminance(src_path)),
+                flux=(ref_stars[:, 2], src_stars[:, 2]),
+            )
+            if reg.rms > rc["max_rms"]:
+                raise reg_lib.RegistrationError(
+                    f"star residual {reg.rms:.2f} px exceeds max_rms {rc['max_rms']} px"
+                )
+        a = reg.matrix
+        scale = 1.0 if reg.method == "reference" else reg_lib.flux_scale(ref_stars, src_stars, a)
+        rec.update(
+            flux_scale=round(scale, 6),
+            reg_status="ok",
+            matches=reg.matches,
+            reg_rms=round(reg.rms, 4),
+            reg_method=reg.method,
+            shift_x=round(float(a[0, 2]), 3),
+            shift_y=round(float(a[1, 2]), 3),
+            rotation=round(float(np.degrees(np.arctan2(a[1, 0], a[0, 0]))), 4),
+            matrix=reg_lib.matrix_text(a),
+            reference=src_path == ref["file"],
+        )
+    except (reg_lib.RegistrationError, FrameError) as exc:
+        rec["reg_reason"] = f"{row['path']}: cannot register: {exc}"
+        log.error("excluded %s", rec["reg_reason"])
+    return rec
 
 
 def registered_rows(path, row: dict, shape: tuple[int, int], cfg: dict):
