@@ -14,6 +14,9 @@ min_version("9.0")
 os.environ.setdefault(
     "GLIBC_TUNABLES", "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 )
+# numpy's OpenBLAS starts a thread per core in every job, and after each (tiny) matrix product
+# they spin, taking CPU from the job beside it; the kernels and OpenCV follow `threads:`
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 # found from the Snakefile, so `snakemake -s /path/to/Snakefile` works from any directory

@@ -2,7 +2,6 @@
 # plan masters and chunks, so `snakemake -n` and `--dag` show every job of the run.
 import gc
 import math
-import os
 import threading
 from pathlib import Path
 
@@ -74,10 +73,6 @@ def run_cores():
     except WorkflowError:
         return None
 
-
-# jobs inherit it: numpy's OpenBLAS starts a thread per core, and after each (tiny) matrix
-# product they spin, taking CPU from the job beside it; the kernels and OpenCV use `threads:`
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # on the cores the run was given: `--cores 1` means one core, in Snakemake's own process too
 _sums = checksums(
