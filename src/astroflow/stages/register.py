@@ -113,9 +113,11 @@ def register_lights(
     finally:
         _REFERENCE = None
         _reference_luminance.cache_clear()
-    by_file = {(r["dir"], r["file"]): rec for (r, _), rec in zip(todo, done, strict=True)}
+    registered = iter(done)  # in the table's order, as todo was taken
     rows = [
-        by_file.get((r["dir"], r["file"])) or {**r, "reg_status": "excluded", "reg_reason": "not calibrated"}
+        next(registered)
+        if r["status"] == "ok"
+        else {**r, "reg_status": "excluded", "reg_reason": "not calibrated"}
         for r in table
     ]
     return rows, ref
