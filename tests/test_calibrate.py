@@ -14,6 +14,19 @@ def test_calibrate_with_dark_containing_bias():
     np.testing.assert_allclose(out, 2000.0)
 
 
+def test_calibrate_inplace_reuses_the_frame_and_gives_the_same_result():
+    rng = np.random.default_rng(0)
+    light = rng.normal(1600, 30, (8, 8)).astype(np.float32)
+    dark, flat = np.full((8, 8), 600.0, np.float32), rng.uniform(0.5, 1.0, (8, 8)).astype(np.float32)
+    kept = calibrate_light(light, 120.0, dark=(dark, 120.0, True), flat=flat)
+    assert not np.shares_memory(kept, light)
+    own = calibrate_light(light, 120.0, dark=(dark, 120.0, True), flat=flat, inplace=True)
+    assert own is light and np.array_equal(own, kept)
+    counts = np.full((8, 8), 1600, np.uint16)  # not float32: converted, the input untouched
+    assert calibrate_light(counts, 120.0, dark=(dark, 120.0, True), inplace=True) is not counts
+    assert (counts == 1600).all()
+
+
 def test_dark_scaling_with_bias():
     bias = np.full((4, 4), 500.0, np.float32)
     dark_current = np.full((4, 4), 100.0, np.float32)  # bias-subtracted, 300 s

@@ -168,13 +168,15 @@ def calibrate_light(
     bias: np.ndarray | None = None,
     dark: tuple[np.ndarray, float, bool] | None = None,
     flat: np.ndarray | None = None,
+    inplace: bool = False,
 ) -> np.ndarray:
     """Calibrate one light (ADU). ``dark`` is ``(master, exptime, contains_bias)``.
 
     A dark that contains the bias is subtracted as is; a bias-subtracted dark is scaled by
-    exposure ratio after subtracting ``bias``.
+    exposure ratio after subtracting ``bias``. ``inplace``: a float32 ``light`` is calibrated
+    in its own buffer (a frame less in memory; the caller gives the raw frame up).
     """
-    out = np.array(light, dtype=np.float32, copy=True)
+    out = np.asarray(light, np.float32) if inplace else np.array(light, dtype=np.float32, copy=True)
     if dark is not None:
         master_dark, dark_exp, has_bias = dark
         if has_bias:

@@ -198,7 +198,7 @@ def job_mem_mb(target, frames, band_mb=0):
     """Peak memory (MB) of a job holding ``frames`` float32 copies of one of the target's
     calibrated lights (3 planes for one-shot colour) plus ``band_mb`` of band buffers, so
     `--resources mem_mb=...` never lets jobs together exceed the machine. Measured peaks at
-    26 MP: calibrate 6.5 frames, register 5.3, a master 3 frames beyond its bands."""
+    26 MP: calibrate 4.5 frames, a master 3 frames beyond its bands."""
     return int(JOB_BASE_MB + band_mb + frames * frame_pixels(target) * 4 / 2**20)
 
 

@@ -16,7 +16,7 @@ rule calibrate:
     conda:
         "../../envs/astroflow.yaml"
     resources:
-        mem_mb=lambda wc: job_mem_mb(wc.target, 7),
+        mem_mb=lambda wc: job_mem_mb(wc.target, 5),
         runtime=lambda wc: job_runtime(wc.target, len(chunk_rows(wc))),
     params:
         rows=chunk_rows,

@@ -500,7 +500,9 @@ class Session:
         t = time.perf_counter()
         exptime = stack.key["exptime"]
         try:
-            light = calibrate_frame(raw, header, exptime, masters, self.cfg, self._bayer(header))
+            light = calibrate_frame(
+                raw, header, exptime, masters, self.cfg, self._bayer(header), inplace=True
+            )
         except FrameError as exc:
             return self._reject(stack, a, row, f"cannot calibrate: {exc}")
         del raw

@@ -48,11 +48,14 @@ class CalibratedLight:
     pattern: str | None  # the effective Bayer pattern it was debayered with
 
 
-def calibrate_frame(raw, header, exptime: float, masters: Masters, cfg: dict, bayer: str | None = None):
+def calibrate_frame(
+    raw, header, exptime: float, masters: Masters, cfg: dict, bayer: str | None = None, inplace: bool = False
+):
     """Calibrate one raw light (ADU) with ``masters``, repair its bad pixels, debayer it when
     ``bayer`` names its CFA pattern, detect its stars and measure it: the per-frame work the
     ``calibrate`` stage and ``astroflow live`` share. Raises :class:`FrameError` (naming
-    ``header``'s file when the caller adds it) for a frame that cannot be calibrated."""
+    ``header``'s file when the caller adds it) for a frame that cannot be calibrated.
+    ``inplace``: a float32 ``raw`` is calibrated in its own buffer (the caller gives it up)."""
     if raw.ndim != 2:
         raise FrameError(f"expected a 2-D raw frame, got shape {raw.shape}")
     nan_frac = float(np.mean(~np.isfinite(raw)))
@@ -63,7 +66,7 @@ def calibrate_frame(raw, header, exptime: float, masters: Masters, cfg: dict, ba
         if m is not None and m.shape != raw.shape:
             raise FrameError(f"size {raw.shape} differs from master {name} {m.shape}")
     saturated = raw >= _saturation_level(header)
-    img = calibrate_light(raw, exptime, masters.bias, masters.dark, masters.flat)
+    img = calibrate_light(raw, exptime, masters.bias, masters.dark, masters.flat, inplace)
     cc, det = cfg["cosmetic"], cfg["registration"]
     cfa = bool(bayer)
     bad = np.zeros(img.shape, np.uint8)
@@ -136,7 +139,9 @@ def calibrate(rows: list[dict], masters_dir, out_dir, cfg: dict) -> None:
             if row.get("flat"):
                 masters.flat = load(row["flat"])[0]
             try:
-                light = calibrate_frame(raw, header, row["exptime"], masters, cfg, row.get("bayer"))
+                light = calibrate_frame(
+                    raw, header, row["exptime"], masters, cfg, row.get("bayer"), inplace=True
+                )
             except FrameError as exc:
                 raise FrameError(f"{row['source']}: {exc}") from None
             del raw
@@ -159,6 +164,7 @@ def calibrate(rows: list[dict], masters_dir, out_dir, cfg: dict) -> None:
             for c, st in enumerate(light.per_channel):
                 for kind in records.PER_CHANNEL:
                     rec[records.per_channel(kind, c)] = getattr(st, kind)
+            del light  # before the next frame is read: one calibrated frame in memory
         except FrameError as exc:
             rec["reason"] = str(exc)
             log.error("excluded %s", exc)

@@ -5,6 +5,7 @@ and coverage map; its registration table is written on the way."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -118,19 +119,33 @@ def integrate(
         grow_sigma=ic["grow_sigma"],
         grow_seed=ic["grow_seed"],
     )
-    # the four maps are written band by band as they are made: memory stays at one band
+    # the four maps are written band by band as they are made: memory stays at one band (two
+    # with a job's threads: a band is written while the next is integrated)
     with (
         FitsWriter(outputs["image"], shape, h) as w_image,
         FitsWriter(outputs["rejection_low"], shape, h) as w_lo,
         FitsWriter(outputs["rejection_high"], shape, h) as w_hi,
         FitsWriter(outputs["coverage"], shape[-2:], h) as w_cov,
+        ThreadPoolExecutor(1) as writer,
     ):
         squeeze = (lambda a: a[0]) if len(shape) == 2 else (lambda a: a)  # noqa: E731
-        for y0, _, image, rej_lo, rej_hi, coverage in bands:
+
+        def write(y0, image, rej_lo, rej_hi, coverage):
             w_image.write_rows(y0, squeeze(image))
             w_lo.write_rows(y0, squeeze(rej_lo))
             w_hi.write_rows(y0, squeeze(rej_hi))
             w_cov.write_rows(y0, coverage)
+
+        pending = None
+        for y0, _, *maps in bands:
+            if get_threads() == 1:
+                write(y0, *maps)
+                continue
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(write, y0, *maps)
+        if pending is not None:
+            pending.result()
     return {"frames": n, "rejection": method, "reference": ok[ref]["path"]}
 
 

@@ -123,7 +123,7 @@ def register_lights(
     return rows, ref
 
 
-PARALLEL_FRAMES = 64  # fewer lights are registered in well under the ~50 ms a pool costs
+PARALLEL_FRAMES = 8  # matching takes ~30 ms a light, a pool ~50 ms: from 8 lights it pays
 _REFERENCE = None  # (reference, its stars, its shape, registration options) while register_lights runs
 
 
