@@ -58,7 +58,7 @@ def _deviation(image: np.ndarray, cfa: bool) -> np.ndarray:
     dev = np.zeros(image.shape, np.float32)
     for sl in _planes(cfa):
         plane = finite_or_median(image[sl])
-        dev[sl] = plane - _median(plane, 5)
+        np.subtract(plane, _median(plane, 5), out=dev[sl])
     return dev
 
 
@@ -91,8 +91,12 @@ def bad_pixel_map(
         for sl in _planes(cfa):
             plane = np.nan_to_num(flat[sl], nan=0.0)
             local = _median(plane, 5)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio[sl] = np.where(local > 0, plane / local - 1, -1)
+            with np.errstate(divide="ignore", invalid="ignore"):  # plane / local - 1, in place
+                np.divide(plane, local, out=plane)
+            plane -= 1
+            plane[~(local > 0)] = -1  # unlit
+            ratio[sl] = plane
+            del plane, local
         sigma = _robust_sigma(ratio)
         bpm[(ratio < -max(cold_sigma * sigma, 0.1)) | ~np.isfinite(flat)] = COLD
     return bpm
