@@ -436,12 +436,12 @@ VECTOR int af_combine_columns(const float *x, const uint8_t *state, i64 n, i64 p
         const uint8_t *restrict si = state + i * p + start + j0;
         for (i64 q = 0; q < w; q++) {
             float v = xi[q];
-            int finite = isfinite(v), kept = finite && si[q] == 0;
+            int finite = isfinite(v), kept = finite & (si[q] == 0); /* &: no branch */
             num[q] += kept ? wt * (double)v : 0.0;
             den[q] += kept ? wt : 0.0;
             nv[q] += finite;
-            nl[q] += finite && si[q] == 1;
-            nh[q] += finite && si[q] == 2;
+            nl[q] += finite & (si[q] == 1);
+            nh[q] += finite & (si[q] == 2);
         }
     }
     for (i64 q = 0; ok && q < w; q++) {
