@@ -281,6 +281,58 @@ VECTOR static void sort_tile(float *tv, int32_t *ti, const i64 *pairs, i64 npair
     }
 }
 
+/* Columns c0:c0 + lanes of an (n, p) band into a tile (LANES columns side by side, invalid
+ * values and missing lanes as +inf) with each value's frame index; count: valid values per lane.
+ * A full tile's loads are unconditional, so the loop is SIMD code. */
+VECTOR static void load_tile(const float *x, i64 n, i64 p, i64 c0, int lanes, float *tv, int32_t *ti,
+                             i64 *count) {
+    for (int l = 0; l < LANES; l++) count[l] = 0;
+    for (i64 i = 0; i < n; i++) {
+        const float *restrict row = x + i * p + c0;
+        float *restrict t = tv + i * LANES;
+        int32_t *restrict k = ti + i * LANES;
+        if (lanes == LANES) {
+            for (int l = 0; l < LANES; l++) {
+                float val = row[l];
+                int valid = isfinite(val);
+                t[l] = valid ? val : INFINITY;
+                k[l] = (int32_t)i;
+                count[l] += valid;
+            }
+        } else {
+            for (int l = 0; l < LANES; l++) {
+                float val = l < lanes ? row[l] : INFINITY;
+                int valid = l < lanes && isfinite(val);
+                t[l] = valid ? val : INFINITY;
+                k[l] = (int32_t)i;
+                count[l] += valid;
+            }
+        }
+    }
+}
+
+/* Percentile clipping of a sorted tile whose lanes all hold n >= 3 valid values: the test of
+ * reject_column's PERCENTILE branch (the same double arithmetic) on 16 columns at once, read
+ * from the band, with no per-column copies (flats and few-frame masters: 4x faster). */
+VECTOR static void percentile_tile(const float *x, i64 n, i64 p, i64 c0, const float *tv, double low,
+                                   double high, uint8_t *out) {
+    double med[LANES], lo[LANES], hi[LANES];
+    i64 h = n / 2;
+    for (int l = 0; l < LANES; l++) {
+        med[l] = n % 2 ? (double)tv[h * LANES + l] : 0.5 * ((double)tv[(h - 1) * LANES + l] + (double)tv[h * LANES + l]);
+        lo[l] = low * fabs(med[l]);
+        hi[l] = high * fabs(med[l]);
+    }
+    for (i64 i = 0; i < n; i++) {
+        const float *restrict row = x + i * p + c0;
+        uint8_t *restrict o = out + i * p + c0;
+        for (int l = 0; l < LANES; l++) {
+            double v = row[l];
+            o[l] = med[l] - v > lo[l] ? 1 : (v - med[l] > hi[l] ? 2 : 0);
+        }
+    }
+}
+
 /* Rejection state of columns j0:j1 of a float32 (n, p) band into out (zeroed by the caller):
  * 16 columns at a time are sorted side by side by the comparators `pairs` (Batcher's network,
  * astroflow.integrate.sorting_network), invalid values (NaN) last as +inf; each column is then
@@ -299,18 +351,15 @@ int af_reject_columns(const float *x, i64 n, i64 p, i64 j0, i64 j1, int code, do
     int ok = v && s && dev && where && sidx && compact && removed && state && below && tv && ti;
     for (i64 c0 = j0; ok && c0 < j1; c0 += LANES) {
         int lanes = j1 - c0 < LANES ? (int)(j1 - c0) : LANES;
-        i64 count[LANES] = {0};
-        for (i64 i = 0; i < n; i++) {
-            const float *row = x + i * p + c0;
-            for (int l = 0; l < LANES; l++) {
-                float val = l < lanes ? row[l] : INFINITY;
-                int valid = l < lanes && isfinite(val);
-                tv[i * LANES + l] = valid ? val : INFINITY;
-                ti[i * LANES + l] = (int32_t)i;
-                count[l] += valid;
-            }
-        }
+        i64 count[LANES];
+        load_tile(x, n, p, c0, lanes, tv, ti, count);
         sort_tile(tv, ti, pairs, npairs);
+        int full = lanes == LANES && n >= 3;
+        for (int l = 0; full && l < LANES; l++) full = count[l] == n;
+        if (code == PERCENTILE && full) {
+            percentile_tile(x, n, p, c0, tv, low, high, out);
+            continue;
+        }
         for (int l = 0; l < lanes; l++) {
             i64 j = c0 + l, m = count[l];
             if (m < n) { /* frames without data here: v holds the valid values only */
