@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from astroflow.integrate import FrameNorm, auto_rejection, integrate, reject, sorting_network
+from astroflow.integrate import FrameNorm, auto_rejection, integrate, reject, reject_state, sorting_network
 
 
 @pytest.mark.parametrize(
@@ -288,3 +288,22 @@ def test_sigma_clipping_rejects_pure_noise_as_rarely_as_its_gaussian_tails(n):
     spike = x[:, :1000].copy()
     spike[0] += 60 if n == 20 else 500  # a 6-sigma trail among 20; a cosmic ray is thousands of sigma
     assert reject(spike, "sigma", 4.0, 3.0)[1][0].mean() > (0.9 if n == 20 else 0.999)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 8])
+def test_percentile_clipping_matches_its_definition_in_full_and_gappy_tiles(n):
+    """Full 16-column tiles take a SIMD path, tiles with NaN or fewer columns the per-column one:
+    both must give the percentile rule of |median| fractions exactly."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(1000, 30, (n, 16 * 40 + 5)).astype(np.float32)
+    x[rng.integers(0, n, 200), rng.integers(0, x.shape[1], 200)] *= np.float32(1.5)
+    x[:, 20:40] *= np.float32(-1)  # negative medians: fractions of |median|
+    x[0, 100:110] = np.nan  # gappy columns in one tile
+    state = reject_state(x, "percentile", 0.2, 0.1)
+    med = np.nanmedian(x.astype(np.float64), axis=0)
+    v = x.astype(np.float64)
+    want = np.where(med - v > 0.2 * np.abs(med), 1, np.where(v - med > 0.1 * np.abs(med), 2, 0))
+    want[~np.isfinite(x)] = 0
+    if n - 1 < 3:  # a gappy column of 2 values is not clipped
+        want[:, 100:110] = 0
+    assert np.array_equal(state, want.astype(np.uint8)) and (state > 0).sum() > 50
