@@ -313,13 +313,14 @@ VECTOR static void load_tile(const float *x, i64 n, i64 p, i64 c0, int lanes, fl
 
 /* Percentile clipping of a sorted tile whose lanes all hold n >= 3 valid values: the test of
  * reject_column's PERCENTILE branch (the same double arithmetic) on 16 columns at once, read
- * from the band, with no per-column copies (flats and few-frame masters: 4x faster). */
+ * from the band, with no per-column copies (flats and few-frame masters: ~1.7x faster). */
 VECTOR static void percentile_tile(const float *x, i64 n, i64 p, i64 c0, const float *tv, double low,
                                    double high, uint8_t *out) {
     double med[LANES], lo[LANES], hi[LANES];
     i64 h = n / 2;
     for (int l = 0; l < LANES; l++) {
-        med[l] = n % 2 ? (double)tv[h * LANES + l] : 0.5 * ((double)tv[(h - 1) * LANES + l] + (double)tv[h * LANES + l]);
+        med[l] = n % 2 ? (double)tv[h * LANES + l]
+                       : 0.5 * ((double)tv[(h - 1) * LANES + l] + (double)tv[h * LANES + l]);
         lo[l] = low * fabs(med[l]);
         hi[l] = high * fabs(med[l]);
     }
