@@ -136,14 +136,11 @@ def integrate(
             w_hi.write_rows(y0, squeeze(rej_hi))
             w_cov.write_rows(y0, coverage)
 
-        pending = None
+        background, pending = get_threads() > 1, None
         for y0, _, *maps in bands:
-            if get_threads() == 1:
-                write(y0, *maps)
-                continue
             if pending is not None:
                 pending.result()
-            pending = writer.submit(write, y0, *maps)
+            pending = writer.submit(write, y0, *maps) if background else write(y0, *maps)
         if pending is not None:
             pending.result()
     return {"frames": n, "rejection": method, "reference": ok[ref]["path"]}
